@@ -1,0 +1,1 @@
+"""Headless engine: numpy + torch only.  Importing it never imports Qt or napari."""
