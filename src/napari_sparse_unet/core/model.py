@@ -1,0 +1,156 @@
+"""The U-Net of Çiçek et al. (2016), in 3-D and 2-D, and its planning helpers.
+
+Tensors are (N, C, D, H, W) for volumes and (N, C, H, W) for images.  Spatial
+tuples are in array order (Z, Y, X) / (Y, X).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+
+def plan_pool_factors(spacing: Sequence[float] | None, depth: int, spatial_dims: int = 3) -> tuple[tuple[int, ...], ...]:
+    """Down-sampling factors per level for voxels of the given spacing.
+
+    As nnU-Net does, an axis is down-sampled only while its current spacing is
+    less than twice the finest current spacing, so a coarse Z axis waits until
+    Y and X have caught up and the receptive field grows roughly isotropically.
+    """
+    current = [1.0] * spatial_dims if spacing is None else [float(s) for s in spacing]
+    if len(current) != spatial_dims or any(not math.isfinite(s) or s <= 0 for s in current):
+        raise ValueError(f"spacing must hold {spatial_dims} positive numbers, got {spacing!r}")
+    factors = []
+    for _ in range(depth):
+        finest = min(current)
+        level = tuple(2 if s < 2 * finest else 1 for s in current)
+        current = [s * f for s, f in zip(current, level)]
+        factors.append(level)
+    return tuple(factors)
+
+
+def choose_patch_size(
+    volume_shapes: Sequence[Sequence[int]],
+    size_multiple: Sequence[int],
+    spacing: Sequence[float] | None,
+    voxel_budget: int,
+) -> tuple[int, ...]:
+    """Patch of about ``voxel_budget`` voxels with roughly isotropic physical extent.
+
+    Each axis is a multiple of ``size_multiple`` and no longer than needed to
+    cover the largest volume along it; budget freed by short axes goes to the others.
+    """
+    dims = len(size_multiple)
+    spacing = [1.0] * dims if spacing is None else [float(s) for s in spacing]
+    limit = [max(int(shape[a]) for shape in volume_shapes) for a in range(dims)]
+    limit = [int(math.ceil(l / m) * m) for l, m in zip(limit, size_multiple)]
+    free = list(range(dims))
+    size = [0.0] * dims
+    budget = float(voxel_budget)
+    # Give each free axis an extent proportional to 1/spacing; pin axes that hit their limit and repeat.
+    while free:
+        inverse = [1.0 / spacing[a] for a in free]
+        scale = (budget / math.prod(inverse)) ** (1.0 / len(free))
+        pinned = [a for a, inv in zip(free, inverse) if scale * inv >= limit[a]]
+        if not pinned:
+            for a, inv in zip(free, inverse):
+                size[a] = scale * inv
+            break
+        for a in pinned:
+            size[a] = limit[a]
+            budget /= limit[a]
+            free.remove(a)
+    patch = []
+    for a in range(dims):
+        m = size_multiple[a]
+        patch.append(int(min(limit[a], max(m, round(size[a] / m) * m))))
+    return tuple(patch)
+
+
+def _layers(spatial_dims: int) -> tuple[type[nn.Module], type[nn.Module], type[nn.Module], type[nn.Module], type[nn.Module]]:
+    if spatial_dims == 3:
+        return nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, nn.InstanceNorm3d, nn.BatchNorm3d
+    return nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.InstanceNorm2d, nn.BatchNorm2d
+
+
+class _DoubleConv(nn.Sequential):
+    """Two 3×3×3 convolutions, each followed by normalisation and ReLU."""
+
+    def __init__(self, spatial_dims: int, norm: str, in_ch: int, mid_ch: int, out_ch: int) -> None:
+        conv, _, _, instance, batch = _layers(spatial_dims)
+
+        def normalisation(channels: int) -> nn.Module:
+            return instance(channels, affine=True) if norm == "instance" else batch(channels)
+
+        super().__init__(
+            conv(in_ch, mid_ch, 3, padding=1, bias=False),
+            normalisation(mid_ch),
+            nn.ReLU(inplace=True),
+            conv(mid_ch, out_ch, 3, padding=1, bias=False),
+            normalisation(out_ch),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """3-D (or 2-D) U-Net: (N, C_in, *spatial) -> logits (N, K, *spatial).
+
+    As in Çiçek et al., each analysis level doubles its channels before
+    down-sampling (level ``i`` runs ``b·2^i`` then ``b·2^(i+1)`` channels),
+    the synthesis path up-samples with transposed convolutions and
+    concatenates the skip connection, and a 1×1×1 convolution gives the logits.
+    The spatial size must be a multiple of ``config.size_multiple()``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        dims, norm, b = config.spatial_dims, config.norm, config.base_channels
+        conv, up_conv, pool, _, _ = _layers(dims)
+        self.encoders = nn.ModuleList()
+        self.pools = nn.ModuleList()
+        in_ch = config.in_channels
+        skip_channels = []
+        for level, factors in enumerate(config.pool_factors):
+            out_ch = b * 2 ** (level + 1)
+            self.encoders.append(_DoubleConv(dims, norm, in_ch, b * 2**level, out_ch))
+            self.pools.append(pool(kernel_size=factors, stride=factors))
+            skip_channels.append(out_ch)
+            in_ch = out_ch
+        depth = config.depth
+        self.bottom = _DoubleConv(dims, norm, in_ch, b * 2**depth, b * 2 ** (depth + 1))
+        in_ch = b * 2 ** (depth + 1)
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for level in reversed(range(depth)):
+            factors = config.pool_factors[level]
+            skip = skip_channels[level]
+            self.ups.append(up_conv(in_ch, skip, kernel_size=factors, stride=factors))
+            self.decoders.append(_DoubleConv(dims, norm, 2 * skip, skip, skip))
+            in_ch = skip
+        self.head = conv(in_ch, config.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for encoder, pool in zip(self.encoders, self.pools):
+            x = encoder(x)
+            skips.append(x)
+            x = pool(x)
+        x = self.bottom(x)
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
+            x = decoder(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+def build_model(config: ModelConfig) -> UNet:
+    """A freshly initialised U-Net for ``config``."""
+    return UNet(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

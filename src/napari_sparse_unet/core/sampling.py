@@ -1,0 +1,203 @@
+"""Training patches drawn around annotated voxels, with augmentation.
+
+With a few painted slices a uniformly random patch usually holds no label at
+all, so every patch is centred (with jitter) on an annotated voxel of a class
+chosen uniformly among the annotated classes.  Image patches are
+(C, *patch), target patches (*patch) with class indices and -1 = not annotated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+@dataclass
+class TrainingVolume:
+    """One training image with its target.
+
+    Attributes:
+        image: (C, *spatial) raw array-like, any dtype.
+        target: (*spatial) int16 class index, -1 where not annotated.
+    """
+
+    image: Any
+    target: np.ndarray
+
+    def class_indices(self, num_classes: int) -> list[np.ndarray]:
+        """Flat indices of the voxels of each class."""
+        flat = self.target.ravel()
+        return [np.flatnonzero(flat == k) for k in range(num_classes)]
+
+
+def _reflect_indices(start: int, size: int, dim: int) -> np.ndarray:
+    """Indices start..start+size-1 mirrored into [0, dim) (numpy's "reflect" padding)."""
+    index = np.arange(start, start + size)
+    if dim == 1:
+        return np.zeros_like(index)
+    period = 2 * (dim - 1)
+    index = np.mod(index, period)
+    return np.where(index < dim, index, period - index)
+
+
+def _crop_with_padding(array: Any, start: Sequence[int], size: Sequence[int], fill: float | None) -> np.ndarray:
+    """array[..., start:start+size] over the trailing spatial axes, padded where it leaves the array.
+
+    ``fill`` None pads by reflection, else with the constant.  Only the needed
+    block is read, so ``array`` may be any sliceable array-like (zarr, memmap).
+    """
+    spatial = array.shape[-len(size):]
+    lead = array.ndim - len(size)
+    inside = [(max(s, 0), min(s + n, d)) for s, n, d in zip(start, size, spatial)]
+    if fill is not None:
+        out = np.full(tuple(array.shape[:lead]) + tuple(size), fill, dtype=array.dtype)
+        if all(lo < hi for lo, hi in inside):
+            dst = tuple(slice(lo - s, hi - s) for (lo, hi), s in zip(inside, start))
+            out[(Ellipsis, *dst)] = array[(Ellipsis, *(slice(lo, hi) for lo, hi in inside))]
+        return out
+    indices = [_reflect_indices(s, n, d) for s, n, d in zip(start, size, spatial)]
+    block = np.asarray(array[(Ellipsis, *(slice(int(i.min()), int(i.max()) + 1) for i in indices))])
+    for axis, index in enumerate(indices):
+        if index[0] != index.min() or np.any(np.diff(index) != 1):
+            block = np.take(block, index - index.min(), axis=lead + axis)
+    return block
+
+
+class PatchSampler:
+    """Draws class-balanced, augmented patches from annotated volumes.
+
+    Args:
+        volumes: training volumes.
+        patch_size: spatial patch shape.
+        num_classes: K.
+        normalize: (C, *patch) raw -> float32 normalised image.
+        rng: the source of randomness (seed it for reproducible runs).
+        augment: flips, in-plane 90° rotations, intensity scale/shift/gamma/noise.
+        elastic: the paper's smooth dense deformation (needs torch).
+        spacing: voxel spacing, so elastic displacements are isotropic in space.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[TrainingVolume],
+        patch_size: Sequence[int],
+        num_classes: int,
+        normalize: Callable[[np.ndarray], np.ndarray],
+        rng: np.random.Generator,
+        augment: bool = True,
+        elastic: bool = False,
+        spacing: Sequence[float] | None = None,
+    ) -> None:
+        self.volumes = list(volumes)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.normalize = normalize
+        self.rng = rng
+        self.augment = augment
+        self.elastic = elastic
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        self.indices = [v.class_indices(num_classes) for v in self.volumes]
+        per_class = np.array([[len(ix[k]) for k in range(num_classes)] for ix in self.indices], dtype=np.float64)
+        self.class_counts = per_class.sum(0).astype(np.int64)
+        self.classes = np.flatnonzero(self.class_counts > 0)
+        if len(self.classes) == 0:
+            raise ValueError("no annotated voxel to sample patches from")
+        # For each class, which volume to draw from: in proportion to its voxels of that class.
+        self.volume_weights = per_class / np.maximum(per_class.sum(0, keepdims=True), 1)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """One (image (C, *patch) float32, target (*patch) int64) pair."""
+        k = int(self.rng.choice(self.classes))
+        v = int(self.rng.choice(len(self.volumes), p=self.volume_weights[:, k]))
+        volume = self.volumes[v]
+        flat = self.indices[v][k][self.rng.integers(len(self.indices[v][k]))]
+        centre = np.unravel_index(flat, volume.target.shape)
+        start = []
+        for c, p, dim in zip(centre, self.patch_size, volume.target.shape):
+            # The annotated voxel lands anywhere in the middle half of the patch.
+            s = int(c) - int(self.rng.integers(p // 4, p - p // 4 + 1)) if p > 1 else int(c)
+            s = min(max(s, 0), dim - p) if dim >= p else -((p - dim) // 2)
+            start.append(s)
+        image = self.normalize(_crop_with_padding(volume.image, start, self.patch_size, fill=None))
+        target = _crop_with_padding(volume.target, start, self.patch_size, fill=-1).astype(np.int64)
+        if self.augment:
+            image, target = self._geometric(image, target)
+            image = self._intensity(image)
+        if self.elastic and self.rng.random() < 0.5:
+            image, target = elastic_deform(image, target, self.rng, spacing=self.spacing)
+        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target)
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N, C, *patch) float32 images and (N, *patch) int64 targets."""
+        pairs = [self.sample() for _ in range(size)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def _geometric(self, image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dims = target.ndim
+        for axis in range(dims):
+            if self.rng.random() < 0.5:
+                image = np.flip(image, axis + 1)
+                target = np.flip(target, axis)
+        # 90° turns in the (Y, X) plane keep the shape only for square patches.
+        turns = int(self.rng.integers(4)) if target.shape[-1] == target.shape[-2] else 2 * int(self.rng.integers(2))
+        if turns:
+            image = np.rot90(image, turns, axes=(-2, -1))
+            target = np.rot90(target, turns, axes=(-2, -1))
+        return image, target
+
+    def _intensity(self, image: np.ndarray) -> np.ndarray:
+        image = np.array(image, dtype=np.float32)
+        for c in range(image.shape[0]):
+            channel = image[c]
+            if self.rng.random() < 0.3:
+                lo, hi = float(channel.min()), float(channel.max())
+                if hi > lo:
+                    gamma = float(np.exp(self.rng.uniform(np.log(0.7), np.log(1.5))))
+                    channel[...] = lo + (hi - lo) * ((channel - lo) / (hi - lo)) ** gamma
+            channel *= self.rng.uniform(0.8, 1.25)
+            channel += self.rng.uniform(-0.1, 0.1)
+            if self.rng.random() < 0.2:
+                channel += self.rng.normal(0.0, self.rng.uniform(0.0, 0.05), channel.shape).astype(np.float32)
+        return image
+
+
+def elastic_deform(
+    image: np.ndarray,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    grid_spacing: int = 32,
+    sigma: float = 4.0,
+    spacing: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth dense deformation (Çiçek et al.): random vectors on a coarse grid, interpolated.
+
+    Displacements are N(0, ``sigma``) voxels on a grid every ``grid_spacing``
+    voxels, scaled per axis by spacing so they are isotropic in space, then
+    interpolated smoothly to every voxel.  The image is resampled linearly,
+    the target by nearest neighbour; voxels pulled from outside become
+    unannotated (-1).
+
+    Args:
+        image: (C, *spatial) float32.
+        target: (*spatial) int64.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    dims = target.ndim
+    shape = target.shape
+    scale = [1.0] * dims if spacing is None else [min(spacing) / s for s in spacing]
+    coarse = tuple(max(2, int(np.ceil(n / grid_spacing)) + 1) for n in shape)
+    displacement = rng.normal(0.0, sigma, size=(dims, *coarse)) * np.reshape(scale, (dims,) + (1,) * dims)
+    mode = "trilinear" if dims == 3 else "bilinear"
+    field = F.interpolate(torch.from_numpy(displacement).float()[None], size=shape, mode=mode, align_corners=True)[0]
+    # grid_sample wants normalised (x, y[, z]) coordinates, i.e. axes reversed.
+    axes = [torch.linspace(-1, 1, n) for n in shape]
+    base = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    norm = torch.tensor([2.0 / max(n - 1, 1) for n in shape]).reshape((dims,) + (1,) * dims)
+    grid = (base + field * norm).flip(0).movedim(0, -1)[None]
+    img = F.grid_sample(torch.from_numpy(np.ascontiguousarray(image))[None], grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+    tgt = torch.from_numpy(np.ascontiguousarray(target) + 1).float()[None, None]
+    tgt = F.grid_sample(tgt, grid, mode="nearest", padding_mode="zeros", align_corners=True)
+    return img[0].numpy(), tgt[0, 0].long().numpy() - 1

@@ -1,0 +1,433 @@
+"""Training from sparse annotations, as a generator of small events.
+
+Headless code iterates :meth:`Trainer.run` (or calls :func:`train`); the
+napari widget wraps the same generator in a worker thread, whose cancel closes
+the generator at the next ``yield``.  Closing at any yield is safe: the best
+model so far stays available as :attr:`Trainer.best_model`.
+
+Images are (Z, Y, X) / (C, Z, Y, X) (or 2-D (Y, X) / (C, Y, X)); annotations
+have the spatial shape, 0 = not annotated, 1 = background, 2.. = classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Generator, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import SegmentationModel
+from .config import ModelConfig, TrainConfig
+from .data import (
+    InputError,
+    annotation_to_target,
+    class_values_of,
+    fit_normalization,
+    validate_pair,
+)
+from .losses import class_weights_from_counts, sparse_segmentation_loss
+from .model import build_model, choose_patch_size, plan_pool_factors
+from .sampling import PatchSampler, TrainingVolume, _crop_with_padding
+
+# Hold out a slice for validation only when this many annotated slices exist,
+# so a user who painted three slices trains on all three.
+MIN_SLICES_FOR_VALIDATION = 6
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """Progress after one optimisation step.
+
+    ``val_dice`` is the mean foreground Dice on the held-out slice, set on the
+    steps where it was measured.
+    """
+
+    step: int
+    max_steps: int
+    loss: float
+    learning_rate: float
+    elapsed: float
+    progress: float
+    val_dice: float | None = None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; other names are checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was requested but no CUDA GPU is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise InputError("device 'mps' was requested but Apple's MPS backend is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def available_devices() -> list[str]:
+    """Device names usable on this machine, best first, for pickers."""
+    names = []
+    if torch.cuda.is_available():
+        names.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return names + ["cpu"]
+
+
+@dataclass
+class _Validation:
+    """A held-out annotated slice: input crop (1, C, *crop) and its target (*crop), -1 elsewhere."""
+
+    image: torch.Tensor
+    target: np.ndarray
+
+
+class Trainer:
+    """Trains (or fine-tunes) a U-Net on sparse annotations.
+
+    Args:
+        images: one or more images, (Z, Y, X) / (C, Z, Y, X) or 2-D, any dtype.
+        annotations: one per image, same spatial shape, integer labels.
+        config: training settings.
+        spacing: voxel spacing in array order; anisotropy shapes the network and patch.
+        initial: a model to fine-tune; its classes, normalisation and architecture are kept.
+        class_names: a name per painted value, background first.
+
+    Raises:
+        InputError: for inputs that cannot be trained on, with the offending values.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[Any],
+        annotations: Sequence[Any],
+        config: TrainConfig = TrainConfig(),
+        spacing: Sequence[float] | None = None,
+        initial: SegmentationModel | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        if len(images) == 0 or len(images) != len(annotations):
+            raise InputError(f"expected one annotation per image, got {len(images)} images and {len(annotations)} annotations")
+        pairs = [validate_pair(image, annotation) for image, annotation in zip(images, annotations)]
+        images_cf = [p[0] for p in pairs]
+        annotations = [p[1] for p in pairs]
+        dims = annotations[0].ndim
+        channels = images_cf[0].shape[0]
+        for image_cf, annotation in zip(images_cf, annotations):
+            if annotation.ndim != dims or image_cf.shape[0] != channels:
+                raise InputError(
+                    f"all images must have the same dimensionality and channels; got {dims}-D with {channels} channel(s) "
+                    f"and {annotation.ndim}-D with {image_cf.shape[0]} channel(s)"
+                )
+        if spacing is not None:
+            spacing = tuple(float(s) for s in spacing)
+            if len(spacing) != dims or any(not math.isfinite(s) or s <= 0 for s in spacing):
+                raise InputError(f"spacing {spacing} must hold {dims} positive numbers, one per spatial axis")
+        self.config = config
+        self.spacing = spacing
+        self.device = resolve_device(config.device)
+
+        if initial is not None:
+            if initial.spatial_dims != dims or initial.in_channels != channels:
+                raise InputError(
+                    f"the model to fine-tune expects {initial.spatial_dims}-D images with {initial.in_channels} channel(s), "
+                    f"but the image is {dims}-D with {channels} channel(s)"
+                )
+            painted = class_values_of(annotations)
+            unknown = sorted(set(painted) - set(initial.class_values))
+            if unknown:
+                raise InputError(
+                    f"the annotation uses labels {unknown} that the model does not know (its labels are "
+                    f"{list(initial.class_values)}); train a new model to add classes"
+                )
+            self.class_values = initial.class_values
+            self.normalization = initial.normalization
+            self.model_config = initial.model_config
+            self.class_names = initial.class_names
+            self.spacing = spacing if spacing is not None else initial.spacing
+        else:
+            self.class_values = class_values_of(annotations)
+            self.normalization = fit_normalization(images_cf, seed=config.seed)
+            self.model_config = ModelConfig(
+                spatial_dims=dims,
+                in_channels=channels,
+                num_classes=len(self.class_values),
+                pool_factors=plan_pool_factors(spacing, config.depth, dims),
+                base_channels=config.base_channels,
+                norm=config.norm,
+            )
+            default_names = ["background"] + [f"class {v}" for v in self.class_values[1:]]
+            self.class_names = tuple(class_names) if class_names is not None else tuple(default_names)
+        if len(self.class_names) != len(self.class_values):
+            raise InputError(f"got {len(self.class_names)} class names for {len(self.class_values)} classes {list(self.class_values)}")
+
+        self.patch_size = self._patch_size([a.shape for a in annotations])
+        targets = [annotation_to_target(a, self.class_values).astype(np.int16) for a in annotations]
+        self._validation = self._hold_out(images_cf, targets) if config.validation else None
+        self.volumes = [TrainingVolume(image, target) for image, target in zip(images_cf, targets)]
+        self._initial = initial
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._best_score = -math.inf
+        self._best_cache: SegmentationModel | None = None
+        self._network: torch.nn.Module | None = None
+        self._history: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- setup
+    def _patch_size(self, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+        multiple = self.model_config.size_multiple()
+        if self.config.patch_size is not None:
+            patch = self.config.patch_size
+            if len(patch) != len(multiple) or any(p % m for p, m in zip(patch, multiple)):
+                raise InputError(
+                    f"patch size {patch} must have {len(multiple)} values, each a multiple of {multiple} "
+                    f"(the network down-samples by these factors)"
+                )
+            return patch
+        budget = self.config.patch_voxels if len(multiple) == 3 else int(round(self.config.patch_voxels ** (2 / 3))) * 16
+        return choose_patch_size(shapes, multiple, self.spacing, budget)
+
+    def _hold_out(self, images_cf: list[Any], targets: list[np.ndarray]) -> _Validation | None:
+        """Move one annotated Z slice out of the training targets, for validation Dice."""
+        if targets[0].ndim != 3:
+            return None
+        annotated = [np.flatnonzero((t >= 0).any(axis=(1, 2))) for t in targets]
+        if sum(len(a) for a in annotated) < MIN_SLICES_FOR_VALIDATION:
+            return None
+        v = int(np.argmax([len(a) for a in annotated]))
+        z = int(annotated[v][len(annotated[v]) // 2])
+        plane = targets[v][z]
+        if len(np.unique(plane[plane >= 0])) < 2:
+            return None
+        ys, xs = np.nonzero(plane >= 0)
+        multiple = self.model_config.size_multiple()
+        size, start = [], []
+        for axis, (lo, hi, cap) in enumerate([(z, z + 1, self.patch_size[0]), (ys.min(), ys.max() + 1, 2 * self.patch_size[1]), (xs.min(), xs.max() + 1, 2 * self.patch_size[2])]):
+            extent = cap if axis == 0 else min(cap, hi - lo)
+            extent = int(math.ceil(extent / multiple[axis]) * multiple[axis])
+            size.append(extent)
+            start.append(int((lo + hi) // 2 - extent // 2))
+        crop_target = np.full(size, -1, dtype=np.int64)
+        # Only the held-out slice is scored; it sits at index z - start[0] of the crop.
+        slice_target = _crop_with_padding(targets[v][z : z + 1], [0, start[1], start[2]], [1, size[1], size[2]], fill=-1)
+        crop_target[z - start[0]] = slice_target[0]
+        image = self.normalization.apply(_crop_with_padding(images_cf[v], start, size, fill=None))
+        targets[v][z] = -1
+        if not any((t >= 0).any() for t in targets):
+            return None
+        return _Validation(image=torch.from_numpy(image)[None], target=crop_target)
+
+    # ----------------------------------------------------------------- models
+    def _snapshot(self, network: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
+
+    def _model_from_state(self, state: dict[str, torch.Tensor]) -> SegmentationModel:
+        network = build_model(self.model_config)
+        network.load_state_dict(state)
+        network.eval()
+        return SegmentationModel(
+            network=network,
+            model_config=self.model_config,
+            train_config=self.config,
+            normalization=self.normalization,
+            class_values=self.class_values,
+            class_names=self.class_names,
+            spacing=self.spacing,
+            patch_size=self.patch_size,
+            history=dict(self._history),
+        )
+
+    @property
+    def best_model(self) -> SegmentationModel | None:
+        """The best model so far (by validation Dice when measured, else the latest good one)."""
+        if self._best_state is None:
+            return None
+        if self._best_cache is None:
+            self._best_cache = self._model_from_state(self._best_state)
+        return self._best_cache
+
+    def current_model(self) -> SegmentationModel:
+        """A snapshot of the live weights, for previews; call it between steps (same thread)."""
+        if self._network is None:
+            if self._initial is not None:
+                return self._initial.copy()
+            raise RuntimeError("training has not started")
+        return self._model_from_state(self._snapshot(self._network))
+
+    def _keep(self, network: torch.nn.Module, score: float) -> None:
+        if score >= self._best_score:
+            self._best_score = score
+            self._best_state = self._snapshot(network)
+            self._best_cache = None
+
+    @torch.no_grad()
+    def _validate(self, network: torch.nn.Module) -> float:
+        """Mean foreground Dice (hard labels) on the held-out slice."""
+        assert self._validation is not None
+        was_training = network.training
+        network.eval()
+        logits = network(self._validation.image.to(self.device))
+        network.train(was_training)
+        predicted = logits.argmax(1)[0].cpu().numpy()
+        return dice_on_annotated(predicted, self._validation.target, len(self.class_values))
+
+    # ----------------------------------------------------------------- loop
+    def run(self) -> Generator[TrainEvent, None, SegmentationModel]:
+        """Train, yielding a :class:`TrainEvent` after every step; returns the best model."""
+        config = self.config
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        device = self.device
+        network = copy.deepcopy(self._initial.network) if self._initial is not None else build_model(self.model_config)
+        network.to(device).train()
+        self._network = network
+        sampler = PatchSampler(
+            self.volumes,
+            self.patch_size,
+            len(self.class_values),
+            normalize=self.normalization.apply,
+            rng=rng,
+            augment=config.augment,
+            elastic=config.elastic,
+            spacing=self.spacing,
+        )
+        weights = torch.from_numpy(class_weights_from_counts(sampler.class_counts, config.max_class_weight)).to(device)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        use_amp = config.mixed_precision and device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        previous_steps = int(self._initial.history.get("steps", 0)) if self._initial is not None else 0
+        start = time.perf_counter()
+        step, loss_value, bad_steps = 0, math.nan, 0
+        finished = False
+        try:
+            while True:
+                elapsed = time.perf_counter() - start
+                progress = self._progress(step, elapsed)
+                if progress >= 1.0:
+                    break
+                lr = self._learning_rate(step, progress)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x, y = sampler.batch(config.batch_size)
+                x_t = torch.from_numpy(x).to(device, non_blocking=True)
+                y_t = torch.from_numpy(y).to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = network(x_t)
+                loss = sparse_segmentation_loss(logits, y_t, weights, config.dice_weight)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    # Skip the step: the weights stay the last good ones.
+                    bad_steps += 1
+                    if bad_steps >= 10:
+                        raise FloatingPointError(
+                            f"training diverged (loss is {loss_value}) for 10 steps at step {step}; "
+                            "try a lower learning rate — the best model so far is kept"
+                        )
+                    continue
+                bad_steps = 0
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                elapsed = time.perf_counter() - start
+                self._history = {"steps": previous_steps + step, "seconds": elapsed, "loss": loss_value}
+                val_dice = None
+                if step % config.validate_every == 0:
+                    val_dice = self._checkpoint(network)
+                yield TrainEvent(
+                    step=step,
+                    max_steps=config.max_steps,
+                    loss=loss_value,
+                    learning_rate=lr,
+                    elapsed=elapsed,
+                    progress=min(1.0, self._progress(step, elapsed)),
+                    val_dice=val_dice,
+                )
+            finished = True
+        finally:
+            # Runs on normal end and when the caller closes the generator (cancel).
+            if finished:
+                self._checkpoint(network)
+            elif self._validation is None or self._best_state is None:
+                self._keep(network, math.inf)
+            network.to("cpu").eval()
+            self._network = network
+        model = self.best_model
+        assert model is not None
+        return model
+
+    def _checkpoint(self, network: torch.nn.Module) -> float | None:
+        """Measure validation Dice (if any) and keep the model when it is the best."""
+        if self._validation is None:
+            self._keep(network, math.inf)
+            return None
+        score = self._validate(network)
+        self._history["val_dice"] = score
+        self._keep(network, score)
+        return score
+
+    def _progress(self, step: int, elapsed: float) -> float:
+        by_steps = step / self.config.max_steps
+        by_time = elapsed / self.config.max_time if self.config.max_time else 0.0
+        return max(by_steps, by_time)
+
+    def _learning_rate(self, step: int, progress: float) -> float:
+        """Linear warm-up, then polynomial decay over the step/time budget (nnU-Net's poly schedule)."""
+        base = self.config.learning_rate
+        if step < self.config.warmup_steps:
+            return base * (step + 1) / (self.config.warmup_steps + 1)
+        return base * max(1.0 - progress, 0.02) ** 0.9
+
+
+def dice_on_annotated(predicted: np.ndarray, target: np.ndarray, num_classes: int) -> float:
+    """Mean foreground Dice of class indices ``predicted`` against ``target`` where ``target >= 0``.
+
+    Classes absent from both are skipped; NaN when no foreground class occurs at all.
+    """
+    scored = target >= 0
+    p, t = predicted[scored], target[scored]
+    scores = []
+    for k in range(1, num_classes):
+        pk, tk = p == k, t == k
+        denominator = int(pk.sum()) + int(tk.sum())
+        if denominator:
+            scores.append(2.0 * int((pk & tk).sum()) / denominator)
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def train(
+    images: Sequence[Any],
+    annotations: Sequence[Any],
+    config: TrainConfig = TrainConfig(),
+    **kwargs: Any,
+) -> SegmentationModel:
+    """Blocking convenience: run a :class:`Trainer` to the end and return its best model."""
+    trainer = Trainer(images, annotations, config, **kwargs)
+    generator = trainer.run()
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
+def with_budget(config: TrainConfig, steps: int | None = None, seconds: float | None = None) -> TrainConfig:
+    """``config`` with a new step and/or time budget."""
+    changes: dict[str, Any] = {}
+    if steps is not None:
+        changes["max_steps"] = steps
+    if seconds is not None:
+        changes["max_time"] = seconds
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,111 @@
+"""One-file checkpoints: round trip, safe loading, clear errors, atomic writes."""
+
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sparse_unet.core.checkpoint import CheckpointError, SegmentationModel, load_model
+from napari_sparse_unet.core.config import ModelConfig, TrainConfig
+from napari_sparse_unet.core.data import Normalization
+from napari_sparse_unet.core.model import build_model
+
+
+@pytest.fixture
+def model() -> SegmentationModel:
+    torch.manual_seed(0)
+    config = ModelConfig(3, 2, 3, ((1, 2, 2), (2, 2, 2)), base_channels=2)
+    return SegmentationModel(
+        network=build_model(config).eval(),
+        model_config=config,
+        train_config=TrainConfig(max_steps=7),
+        normalization=Normalization(low=(1.0, 2.0), high=(3.0, 4.0)),
+        class_values=(1, 2, 5),
+        class_names=("background", "nucleus", "vesicle"),
+        spacing=(3.0, 1.0, 1.0),
+        patch_size=(8, 16, 16),
+        history={"steps": 7, "seconds": 1.5},
+    )
+
+
+def test_round_trip_keeps_everything(tmp_path, model):
+    path = tmp_path / "sub" / "model.pt"
+    model.save(path)
+    loaded = SegmentationModel.load(path)
+    x = torch.randn(1, 2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model.network(x), loaded.network(x))
+    for name in ("model_config", "train_config", "normalization", "class_values", "class_names", "spacing", "patch_size", "history"):
+        assert getattr(loaded, name) == getattr(model, name), name
+    assert loaded.output_lut().tolist() == [0, 2, 5]
+    assert "nucleus" in loaded.describe()
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary files left
+
+
+def test_load_model_gives_network_and_normalisation(tmp_path, model):
+    model.save(tmp_path / "m.pt")
+    network, normalization = load_model(tmp_path / "m.pt")
+    assert isinstance(network, torch.nn.Module) and not network.training
+    assert normalization == model.normalization
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        SegmentationModel.load(tmp_path / "nope.pt")
+
+
+def test_corrupt_file(tmp_path, model):
+    path = tmp_path / "m.pt"
+    model.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        SegmentationModel.load(path)
+
+
+def test_foreign_torch_file(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match="not a napari-sparse-unet model"):
+        SegmentationModel.load(path)
+
+
+class _Booby:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_pickled_code_is_never_run(tmp_path):
+    path, marker = tmp_path / "evil.pt", tmp_path / "code-ran"
+    torch.save({"format": "napari-sparse-unet", "payload": _Booby(marker)}, path)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        SegmentationModel.load(path)
+    assert not marker.exists()
+
+
+def test_mismatched_weights_are_reported(tmp_path, model):
+    payload = model.to_payload()
+    payload["model_config"]["base_channels"] = 4
+    torch.save(payload, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="damaged or incomplete"):
+        SegmentationModel.load(tmp_path / "m.pt")
+
+
+def test_failed_save_leaves_nothing(tmp_path, model, monkeypatch):
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"previous model")
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        model.save(path)
+    assert path.read_bytes() == b"previous model"
+    assert list(tmp_path.iterdir()) == [path]

@@ -1,0 +1,70 @@
+"""Patches come from around the annotations and augmentations keep image and labels aligned."""
+
+import numpy as np
+
+from napari_sparse_unet.core.sampling import PatchSampler, TrainingVolume, _crop_with_padding, elastic_deform
+
+
+def _volume(shape=(20, 40, 40)):
+    target = np.full(shape, -1, np.int16)
+    target[10, 5:35, 5:35] = 0
+    target[10, 18:22, 18:22] = 1  # a small class: balanced sampling must still find it
+    image = np.zeros((1, *shape), np.float32)
+    image[0][target == 1] = 1.0
+    return TrainingVolume(image=image, target=target)
+
+
+def _sampler(volume, **kw):
+    return PatchSampler([volume], (8, 16, 16), 2, normalize=lambda x: np.asarray(x, np.float32), rng=np.random.default_rng(0), **kw)
+
+
+def test_every_patch_carries_labels_and_classes_are_balanced():
+    sampler = _sampler(_volume(), augment=False)
+    hits = np.zeros(2)
+    for _ in range(200):
+        image, target = sampler.sample()
+        assert image.shape == (1, 8, 16, 16) and target.shape == (8, 16, 16)
+        assert (target >= 0).any()
+        hits += [np.any(target == 0), np.any(target == 1)]
+    assert hits[1] > 80  # the 16-voxel class appears in far more than its 2 % share of patches
+
+
+def test_augmentation_keeps_image_and_target_aligned():
+    sampler = _sampler(_volume(), augment=True)
+    for _ in range(50):
+        image, target = sampler.sample()
+        # Intensity changes are monotonic, so the class-1 voxels stay the brightest.
+        if (target == 1).any() and (target == 0).any():
+            assert image[0][target == 1].min() > image[0][target == 0].max()
+
+
+def test_patch_larger_than_volume_is_padded_with_unannotated():
+    target = np.full((4, 10, 10), -1, np.int16)
+    target[2, 2:8, 2:8] = 0
+    target[2, 4:6, 4:6] = 1
+    volume = TrainingVolume(image=np.zeros((1, 4, 10, 10), np.float32), target=target)
+    image, target = _sampler(volume, augment=False).sample()
+    assert image.shape == (1, 8, 16, 16)
+    assert (target == -1).sum() >= 8 * 16 * 16 - 4 * 10 * 10
+
+
+def test_crop_with_padding_exact():
+    a = np.arange(5)
+    assert _crop_with_padding(a, [-2], [4], fill=-1).tolist() == [-1, -1, 0, 1]
+    assert _crop_with_padding(a, [3], [4], fill=None).tolist() == [3, 4, 3, 2]
+    assert _crop_with_padding(a, [-3], [10], fill=None).tolist() == [3, 2, 1, 0, 1, 2, 3, 4, 3, 2]
+    b = np.arange(12).reshape(3, 4)
+    assert np.array_equal(_crop_with_padding(b, [-1, 1], [5, 2], fill=None), np.pad(b, 1, mode="reflect")[:, 2:4])
+    assert _crop_with_padding(np.arange(1), [-2], [3], fill=None).tolist() == [0, 0, 0]
+
+
+def test_elastic_deformation_moves_labels_with_the_image():
+    rng = np.random.default_rng(1)
+    target = np.zeros((16, 32, 32), np.int64)
+    target[4:12, 8:24, 8:24] = 1
+    image = target[None].astype(np.float32)
+    warped_image, warped_target = elastic_deform(image, target, rng, grid_spacing=8, sigma=2.0)
+    assert warped_image.shape == image.shape and warped_target.shape == target.shape
+    assert not np.array_equal(warped_target, target)  # it moved
+    inside = warped_target == 1
+    assert warped_image[0][inside].mean() > 0.9 and warped_image[0][warped_target == 0].mean() < 0.1
