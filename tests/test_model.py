@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from napari_sparse_unet.core.config import ConfigError, ModelConfig
-from napari_sparse_unet.core.model import build_model, choose_patch_size, plan_pool_factors
+from napari_sparse_unet.core.model import build_model, choose_patch_size, plan_network, plan_pool_factors
 
 
 @pytest.mark.parametrize(
@@ -67,3 +67,15 @@ def test_patch_size_multiples_limits_and_anisotropy():
     # A small volume is covered (rounded up to the multiple), never more.
     small = choose_patch_size([(10, 20, 20)], (8, 8, 8), None, 64**3)
     assert small == (16, 24, 24)
+
+
+def test_anisotropic_levels_use_in_plane_kernels():
+    factors, kernels = plan_network((50, 4, 4), 3)
+    assert kernels == ((1, 3, 3),) * 3 + ((3, 3, 3),)  # Z catches up (50 vs 32 nm) only at the bottom
+    factors, kernels = plan_network((3.0, 1.0, 1.0), 2)
+    assert kernels == ((1, 3, 3), (3, 3, 3), (3, 3, 3))
+    config = ModelConfig(3, 1, 2, factors, base_channels=2, conv_kernels=kernels)
+    net = build_model(config).eval()
+    assert net.encoders[0][0].kernel_size == (1, 3, 3)
+    assert net(torch.randn(1, 1, 4, 8, 8)).shape == (1, 2, 4, 8, 8)
+    assert ModelConfig.from_dict(config.to_dict()) == config

@@ -38,6 +38,10 @@ def _optional_shape(value: Any, name: str) -> tuple[int, ...] | None:
 class ModelConfig:
     """Architecture of the U-Net (Çiçek et al. 2016).
 
+    ``conv_kernels`` holds the convolution size per level (depth + 1 entries,
+    the last for the bottom): 3 everywhere by default; 1 along an axis whose
+    voxels are still much coarser than the others at that level (nnU-Net).
+
     ``pool_factors`` holds one down-sampling factor per level and spatial axis,
     e.g. ``((1, 2, 2), (1, 2, 2), (2, 2, 2))`` for a volume with coarse Z; its
     length is the depth.  An input's spatial size must be a multiple of the
@@ -50,6 +54,7 @@ class ModelConfig:
     pool_factors: tuple[tuple[int, ...], ...]
     base_channels: int = 16
     norm: Norm = "instance"
+    conv_kernels: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         _check(self.spatial_dims in (2, 3), f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
@@ -63,6 +68,16 @@ class ModelConfig:
             f"pool_factors must hold {self.spatial_dims} factors of 1 or 2 per level, got {self.pool_factors!r}",
         )
         object.__setattr__(self, "pool_factors", factors)
+        if self.conv_kernels is None:
+            kernels = ((3,) * self.spatial_dims,) * (len(factors) + 1)
+        else:
+            kernels = tuple(tuple(int(k) for k in level) for level in self.conv_kernels)
+        _check(
+            len(kernels) == len(factors) + 1
+            and all(len(level) == self.spatial_dims and all(k in (1, 3) for k in level) for level in kernels),
+            f"conv_kernels must hold {len(factors) + 1} levels of {self.spatial_dims} sizes 1 or 3, got {self.conv_kernels!r}",
+        )
+        object.__setattr__(self, "conv_kernels", kernels)
 
     @property
     def depth(self) -> int:
@@ -82,6 +97,8 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         data = dict(data)
         data["pool_factors"] = tuple(tuple(level) for level in data["pool_factors"])
+        if data.get("conv_kernels") is not None:
+            data["conv_kernels"] = tuple(tuple(level) for level in data["conv_kernels"])
         return cls(**data)
 
 

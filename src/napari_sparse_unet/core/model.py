@@ -15,23 +15,35 @@ from torch import nn
 from .config import ModelConfig
 
 
-def plan_pool_factors(spacing: Sequence[float] | None, depth: int, spatial_dims: int = 3) -> tuple[tuple[int, ...], ...]:
-    """Down-sampling factors per level for voxels of the given spacing.
+def plan_network(
+    spacing: Sequence[float] | None, depth: int, spatial_dims: int = 3
+) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """Down-sampling factors (per level) and convolution sizes (per level and the bottom).
 
     As nnU-Net does, an axis is down-sampled only while its current spacing is
     less than twice the finest current spacing, so a coarse Z axis waits until
     Y and X have caught up and the receptive field grows roughly isotropically.
+    While an axis is that much coarser, convolutions are 1 voxel long along it:
+    a 3-voxel kernel would mostly mix far-apart sections, at three times the cost.
     """
     current = [1.0] * spatial_dims if spacing is None else [float(s) for s in spacing]
     if len(current) != spatial_dims or any(not math.isfinite(s) or s <= 0 for s in current):
         raise ValueError(f"spacing must hold {spatial_dims} positive numbers, got {spacing!r}")
-    factors = []
-    for _ in range(depth):
+    factors, kernels = [], []
+    for level in range(depth + 1):
         finest = min(current)
-        level = tuple(2 if s < 2 * finest else 1 for s in current)
-        current = [s * f for s, f in zip(current, level)]
-        factors.append(level)
-    return tuple(factors)
+        fine = [s < 2 * finest for s in current]
+        kernels.append(tuple(3 if f else 1 for f in fine))
+        if level < depth:
+            pool = tuple(2 if f else 1 for f in fine)
+            current = [s * p for s, p in zip(current, pool)]
+            factors.append(pool)
+    return tuple(factors), tuple(kernels)
+
+
+def plan_pool_factors(spacing: Sequence[float] | None, depth: int, spatial_dims: int = 3) -> tuple[tuple[int, ...], ...]:
+    """Down-sampling factors per level (see :func:`plan_network`)."""
+    return plan_network(spacing, depth, spatial_dims)[0]
 
 
 def choose_patch_size(
@@ -79,19 +91,21 @@ def _layers(spatial_dims: int) -> tuple[type[nn.Module], type[nn.Module], type[n
 
 
 class _DoubleConv(nn.Sequential):
-    """Two 3×3×3 convolutions, each followed by normalisation and ReLU."""
+    """Two 3×3×3 convolutions (or ``kernel``), each followed by normalisation and ReLU."""
 
-    def __init__(self, spatial_dims: int, norm: str, in_ch: int, mid_ch: int, out_ch: int) -> None:
+    def __init__(self, spatial_dims: int, norm: str, in_ch: int, mid_ch: int, out_ch: int, kernel: Sequence[int] | None = None) -> None:
         conv, _, _, instance, batch = _layers(spatial_dims)
 
         def normalisation(channels: int) -> nn.Module:
             return instance(channels, affine=True) if norm == "instance" else batch(channels)
 
+        kernel = tuple(kernel) if kernel is not None else (3,) * spatial_dims
+        padding = tuple(k // 2 for k in kernel)
         super().__init__(
-            conv(in_ch, mid_ch, 3, padding=1, bias=False),
+            conv(in_ch, mid_ch, kernel, padding=padding, bias=False),
             normalisation(mid_ch),
             nn.ReLU(inplace=True),
-            conv(mid_ch, out_ch, 3, padding=1, bias=False),
+            conv(mid_ch, out_ch, kernel, padding=padding, bias=False),
             normalisation(out_ch),
             nn.ReLU(inplace=True),
         )
@@ -111,6 +125,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         dims, norm, b = config.spatial_dims, config.norm, config.base_channels
+        kernels = config.conv_kernels
         conv, up_conv, pool, _, _ = _layers(dims)
         self.encoders = nn.ModuleList()
         self.pools = nn.ModuleList()
@@ -118,12 +133,12 @@ class UNet(nn.Module):
         skip_channels = []
         for level, factors in enumerate(config.pool_factors):
             out_ch = b * 2 ** (level + 1)
-            self.encoders.append(_DoubleConv(dims, norm, in_ch, b * 2**level, out_ch))
+            self.encoders.append(_DoubleConv(dims, norm, in_ch, b * 2**level, out_ch, kernels[level]))
             self.pools.append(pool(kernel_size=factors, stride=factors))
             skip_channels.append(out_ch)
             in_ch = out_ch
         depth = config.depth
-        self.bottom = _DoubleConv(dims, norm, in_ch, b * 2**depth, b * 2 ** (depth + 1))
+        self.bottom = _DoubleConv(dims, norm, in_ch, b * 2**depth, b * 2 ** (depth + 1), kernels[depth])
         in_ch = b * 2 ** (depth + 1)
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
@@ -131,7 +146,7 @@ class UNet(nn.Module):
             factors = config.pool_factors[level]
             skip = skip_channels[level]
             self.ups.append(up_conv(in_ch, skip, kernel_size=factors, stride=factors))
-            self.decoders.append(_DoubleConv(dims, norm, 2 * skip, skip, skip))
+            self.decoders.append(_DoubleConv(dims, norm, 2 * skip, skip, skip, kernels[level]))
             in_ch = skip
         self.head = conv(in_ch, config.num_classes, 1)
 

@@ -31,7 +31,7 @@ from .data import (
     validate_pair,
 )
 from .losses import class_weights_from_counts, sparse_segmentation_loss
-from .model import build_model, choose_patch_size, plan_pool_factors
+from .model import build_model, choose_patch_size, plan_network
 from .sampling import PatchSampler, TrainingVolume, _crop_with_padding
 
 # Hold out a slice for validation only when this many annotated slices exist,
@@ -157,13 +157,15 @@ class Trainer:
         else:
             self.class_values = class_values_of(annotations)
             self.normalization = fit_normalization(images_cf, seed=config.seed)
+            pool_factors, conv_kernels = plan_network(spacing, config.depth, dims)
             self.model_config = ModelConfig(
                 spatial_dims=dims,
                 in_channels=channels,
                 num_classes=len(self.class_values),
-                pool_factors=plan_pool_factors(spacing, config.depth, dims),
+                pool_factors=pool_factors,
                 base_channels=config.base_channels,
                 norm=config.norm,
+                conv_kernels=conv_kernels,
             )
             default_names = ["background"] + [f"class {v}" for v in self.class_values[1:]]
             self.class_names = tuple(class_names) if class_names is not None else tuple(default_names)
