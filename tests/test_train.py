@@ -139,3 +139,13 @@ def test_bad_settings_name_the_value(tiny_volume, kwargs, message):
 def test_mismatched_lists():
     with pytest.raises(InputError, match="one annotation per image"):
         Trainer([np.zeros((4, 4, 4))], [])
+
+
+def test_lines_from_other_planes_do_not_trigger_a_hold_out(tiny_volume):
+    image, truth, _ = tiny_volume
+    annotation = np.zeros_like(truth)
+    annotation[4] = truth[4] + 1
+    for y in range(2, 30, 4):  # Y planes cross every Z plane with a line
+        annotation[:, y] = truth[:, y] + 1
+    trainer = Trainer([image], [annotation], dataclasses.replace(FAST, validation=True))
+    assert trainer._validation is None

@@ -37,6 +37,8 @@ from .sampling import PatchSampler, TrainingVolume, _crop_with_padding
 # Hold out a slice for validation only when this many annotated slices exist,
 # so a user who painted three slices trains on all three.
 MIN_SLICES_FOR_VALIDATION = 6
+# A Z plane counts as painted when it holds at least this share of the most painted plane's voxels.
+PAINTED_PLANE_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,9 @@ class Trainer:
         """Move one annotated Z slice out of the training targets, for validation Dice."""
         if targets[0].ndim != 3:
             return None
-        annotated = [np.flatnonzero((t >= 0).any(axis=(1, 2))) for t in targets]
+        # Count Z planes that are substantially painted, not ones crossed by a Y or X plane's line.
+        coverage = [(t >= 0).mean(axis=(1, 2)) for t in targets]
+        annotated = [np.flatnonzero(c >= max(PAINTED_PLANE_FRACTION * c.max(), 1e-12)) for c in coverage]
         if sum(len(a) for a in annotated) < MIN_SLICES_FOR_VALIDATION:
             return None
         v = int(np.argmax([len(a) for a in annotated]))

@@ -1,0 +1,399 @@
+"""Read and write volumes: TIFF, .npy, NIfTI (.nii, .nii.gz) and zarr (a ``*.zarr`` folder).
+
+Arrays are in napari's axis order: (Z, Y, X) for a volume, (C, Z, Y, X) with channels,
+(Y, X) for an image.  NIfTI stores (X, Y, Z[, C]), so its axes are reversed on read and
+on write.  Spacing is a (Z, Y, X) tuple (or (Y, X)) of voxel sizes in the file's unit,
+``None`` where the file does not record one.
+
+Every write is atomic: the data go to a temporary file or folder beside the target,
+which replaces the target only once it is complete, so a failure leaves the old file
+(or nothing) and never a half-written one.
+
+Only numpy and tifffile are imported here; nibabel and zarr are imported when a file
+of their format is used, with a message saying how to install them if they are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PathLike = str | os.PathLike
+
+SUFFIXES = (".tif", ".tiff", ".npy", ".nii", ".nii.gz", ".zarr")
+
+
+class VolumeIOError(ValueError):
+    """A volume file cannot be read or written; the message names the file and why."""
+
+
+def volume_format(path: PathLike) -> str:
+    """The format of ``path`` from its name: "tiff", "npy", "nifti" or "zarr".
+
+    Raises:
+        VolumeIOError: for any other suffix.
+    """
+    name = Path(path).name.lower().rstrip("/")
+    if name.endswith((".tif", ".tiff")):
+        return "tiff"
+    if name.endswith(".npy"):
+        return "npy"
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith(".zarr"):
+        return "zarr"
+    raise VolumeIOError(f"unknown volume format of '{path}': use one of {', '.join(SUFFIXES)}")
+
+
+def _import_optional(module: str, fmt: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise VolumeIOError(
+            f"reading or writing {fmt} files needs the '{module}' package: "
+            f'pip install "napari-sparse-unet[io]" (or pip install {module})'
+        ) from exc
+
+
+def _spacing_tuple(values: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    values = tuple(float(v) for v in values)
+    if not values or any(not np.isfinite(v) or v <= 0 for v in values):
+        return None
+    return values[-ndim:] if len(values) >= ndim else None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_volume(path: PathLike, *, lazy: bool = False) -> Any:
+    """Read the array stored at ``path`` in (Z, Y, X) or (C, Z, Y, X) order.
+
+    Args:
+        path: a .tif/.tiff, .npy, .nii/.nii.gz file or a .zarr folder.
+        lazy: return a zarr array (zarr) or a read-only memory map (.npy) instead of
+            loading everything into memory; other formats are always loaded.
+
+    Raises:
+        FileNotFoundError: when nothing is at ``path``.
+        VolumeIOError: for an unknown suffix or a file that cannot be decoded.
+    """
+    return read_volume_with_spacing(path, lazy=lazy)[0]
+
+
+def read_volume_with_spacing(path: PathLike, *, lazy: bool = False) -> tuple[Any, tuple[float, ...] | None]:
+    """Like :func:`read_volume`, also returning the spatial voxel size (Z, Y, X) or ``None``.
+
+    Spacing comes from NIfTI zooms, ImageJ/TIFF resolution and ``spacing`` metadata,
+    or a zarr array's ``spacing`` attribute (or OME-Zarr scale).
+    """
+    path = Path(path)
+    fmt = volume_format(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: '{path}'")
+    try:
+        if fmt == "tiff":
+            return _read_tiff(path)
+        if fmt == "npy":
+            array = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
+            return array, None
+        if fmt == "nifti":
+            return _read_nifti(path)
+        return _read_zarr(path, lazy)
+    except (VolumeIOError, MemoryError):
+        raise
+    except Exception as exc:  # decoders raise many types; report them as one, naming the file
+        raise VolumeIOError(f"cannot read '{path}' as {fmt}: {exc}") from exc
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        array = series.asarray()
+        spacing = _tiff_spacing(tif, tif.pages[0], array.ndim)
+        axes = series.axes
+    # ImageJ hyperstacks are (Z, C, Y, X) and RGB samples come last: put channels first.
+    for channel_axis in ("C", "S"):
+        if array.ndim >= 3 and channel_axis in axes and axes.index(channel_axis) != 0 and len(axes) == array.ndim:
+            array = np.moveaxis(array, axes.index(channel_axis), 0)
+            break
+    return array, spacing
+
+
+def _tiff_spacing(tif: Any, page: Any, ndim: int) -> tuple[float, ...] | None:
+    """(Z, Y, X) voxel size from shaped-TIFF, ImageJ or resolution metadata."""
+    if tif.shaped_metadata:
+        meta = tif.shaped_metadata[0]
+        if meta.get("spacing") is not None:
+            return _spacing_tuple(meta["spacing"], min(ndim, len(meta["spacing"])))
+    yx: tuple[float, float] | None = None
+    tags = page.tags
+    unit = tags.get("ResolutionUnit")
+    xres, yres = tags.get("XResolution"), tags.get("YResolution")
+    # tifffile writes resolution 1/1 with unit NONE by default: that means "not recorded".
+    if xres is not None and yres is not None:
+        xr, yr = (a / b if b else 0.0 for a, b in (xres.value, yres.value))
+        recorded = (unit is not None and int(unit.value) != 1) or (xr, yr) != (1.0, 1.0) or tif.is_imagej
+        if recorded and xr > 0 and yr > 0:
+            yx = (1.0 / yr, 1.0 / xr)
+    if tif.is_imagej:
+        z = (tif.imagej_metadata or {}).get("spacing")
+        if yx is not None and ndim >= 3:
+            return (float(z) if z else 1.0, *yx)
+    if yx is None:
+        return None
+    return yx if ndim == 2 else None
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    nib = _import_optional("nibabel", "NIfTI")
+    image = nib.load(str(path))
+    # Reverse every axis: (X, Y, Z[, T/C]) -> ([C, ]Z, Y, X).
+    array = np.asanyarray(image.dataobj).T
+    zooms = image.header.get_zooms()
+    spatial = min(3, len(image.shape))
+    spacing = _spacing_tuple(tuple(zooms[:spatial])[::-1], spatial)
+    return np.ascontiguousarray(array), spacing
+
+
+def _open_zarr_array(path: Path) -> tuple[Any, tuple[float, ...] | None]:
+    zarr = _import_optional("zarr", "zarr")
+    node = zarr.open(str(path), mode="r")
+    spacing = None
+    if not hasattr(node, "shape"):  # a group: OME-Zarr's full resolution "0", or its only array
+        attrs = dict(node.attrs)
+        names = sorted(name for name, _ in node.arrays())
+        if "multiscales" in attrs:
+            dataset = attrs["multiscales"][0]["datasets"][0]
+            for transform in dataset.get("coordinateTransformations", []):
+                if transform.get("type") == "scale":
+                    spacing = transform["scale"]
+            node = node[dataset["path"]]
+        elif len(names) == 1:
+            node = node[names[0]]
+        else:
+            raise VolumeIOError(f"zarr group '{path}' holds {len(names)} arrays {names}: point to one of them")
+    if node.attrs.get("spacing") is not None:
+        spacing = node.attrs["spacing"]
+    spatial = min(3, len(node.shape))
+    return node, _spacing_tuple(spacing, spatial) if spacing is not None else None
+
+
+def _read_zarr(path: Path, lazy: bool) -> tuple[Any, tuple[float, ...] | None]:
+    array, spacing = _open_zarr_array(path)
+    return (array if lazy else np.asarray(array[...])), spacing
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _temp_path(target: Path, directory: bool = False) -> Path:
+    """A new, unused path beside ``target`` that keeps its suffix (nibabel reads it)."""
+    name = target.name
+    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else target.suffix
+    if directory:
+        return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=target.parent))
+    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    os.close(fd)
+    return Path(temp)
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Move folder ``source`` to ``target``, replacing what is there (files cannot be swapped
+    atomically with a folder, so the old one is first moved aside, then removed)."""
+    old = None
+    if target.exists() or target.is_symlink():
+        old = _temp_path(target, directory=True)
+        old.rmdir()
+        os.replace(target, old)
+    os.replace(source, target)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+
+
+def _check_writable_target(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise VolumeIOError(f"cannot write '{path}': folder '{path.parent}' does not exist")
+
+
+def _resolve_geometry(
+    like: PathLike | None, spacing: Sequence[float] | None
+) -> tuple[tuple[float, ...] | None, Any]:
+    """Spacing and NIfTI affine to write, taken from ``like`` where not given."""
+    affine = None
+    if like is not None:
+        like = Path(like)
+        if volume_format(like) == "nifti" and like.exists():
+            nib = _import_optional("nibabel", "NIfTI")
+            header = nib.load(str(like))
+            affine = header.affine
+            if spacing is None:
+                spacing = tuple(header.header.get_zooms()[:3])[::-1]
+        elif spacing is None and like.exists():
+            spacing = read_volume_with_spacing(like, lazy=True)[1]
+    return (tuple(float(s) for s in spacing) if spacing is not None else None), affine
+
+
+def write_volume(
+    path: PathLike,
+    array: Any,
+    like: PathLike | None = None,
+    spacing: Sequence[float] | None = None,
+) -> Path:
+    """Write ``array`` ((Z, Y, X), (C, Z, Y, X) or (Y, X)) to ``path`` atomically.
+
+    Args:
+        path: target; its suffix picks the format.
+        array: numpy or array-like.
+        like: a file whose geometry to copy: a NIfTI's affine, or any file's spacing.
+        spacing: voxel size of the last spatial axes, (Z, Y, X); overrides ``like``'s.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    path = Path(path)
+    fmt = volume_format(path)
+    _check_writable_target(path)
+    spacing, affine = _resolve_geometry(like, spacing)
+    if not hasattr(array, "dtype") or not hasattr(array, "shape"):
+        array = np.asarray(array)
+    if fmt == "zarr":
+        with create_output(path, array.shape, array.dtype, spacing=spacing) as out:
+            step = max(1, out.chunks[0])  # copy chunk by chunk: ``array`` may be larger than memory
+            for start in range(0, max(out.shape[0], 1), step):
+                out[start : start + step] = np.asarray(array[start : start + step])
+        return path
+    array = np.asarray(array)
+    temp = _temp_path(path)
+    try:
+        if fmt == "tiff":
+            _write_tiff(temp, array, spacing)
+        elif fmt == "npy":
+            with open(temp, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+        else:
+            _write_nifti(temp, array, spacing, affine)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_tiff(path: Path, array: np.ndarray, spacing: tuple[float, ...] | None) -> None:
+    import tifffile
+
+    # minisblack: a short first axis must not be taken for RGB samples.
+    kwargs: dict[str, Any] = {"compression": "zlib", "photometric": "minisblack"}
+    metadata: dict[str, Any] = {}
+    if spacing is not None:
+        spatial = spacing[-min(len(spacing), 3) :]
+        y, x = spatial[-2:]
+        kwargs["resolution"] = (1.0 / x, 1.0 / y)
+        kwargs["resolutionunit"] = "NONE"
+        metadata["spacing"] = list(spatial)
+    # A shaped TIFF (tifffile's JSON description) keeps any dtype, shape and the spacing.
+    tifffile.imwrite(path, array, metadata=metadata or {}, **kwargs)
+
+
+def _write_nifti(path: Path, array: np.ndarray, spacing: tuple[float, ...] | None, affine: Any) -> None:
+    nib = _import_optional("nibabel", "NIfTI")
+    if array.dtype == np.int64 or array.dtype == np.uint64:
+        # NIfTI readers widely reject 64-bit integers; labels and images fit in 32 bits.
+        array = array.astype(np.int32 if array.dtype == np.int64 else np.uint32)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if affine is None:
+        affine = np.eye(4)
+        if spacing is not None:
+            xyz = tuple(spacing[-3:])[::-1]
+            affine[: len(xyz), : len(xyz)] = np.diag(xyz)
+    image = nib.Nifti1Image(np.asarray(array).T, affine)
+    if spacing is not None:
+        zooms = list(image.header.get_zooms())
+        xyz = tuple(spacing[-3:])[::-1]
+        zooms[: len(xyz)] = xyz
+        image.header.set_zooms(zooms)
+    nib.save(image, str(path))
+
+
+# --------------------------------------------------------------------------- streaming output
+
+
+def _z_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunks that split the first spatial axis (Z) into slabs of about 8 MB."""
+    shape = tuple(int(s) for s in shape)
+    chunk = list(shape)
+    spatial0 = 1 if len(shape) == 4 else 0  # (C, Z, Y, X): chunk Z, keep C whole
+    # Very large planes are split in Y and X too, so one chunk stays a few MB.
+    for axis in (len(shape) - 2, len(shape) - 1):
+        chunk[axis] = min(shape[axis], 2048)
+    plane = int(np.prod([c for i, c in enumerate(chunk) if i != spatial0])) * itemsize
+    chunk[spatial0] = int(max(1, min(shape[spatial0], (8 << 20) // max(plane, 1))))
+    return tuple(max(1, c) for c in chunk)
+
+
+@contextlib.contextmanager
+def create_output(
+    path: PathLike,
+    shape: Sequence[int],
+    dtype: Any,
+    *,
+    like: PathLike | None = None,
+    spacing: Sequence[float] | None = None,
+) -> Iterator[Any]:
+    """Yield a writable array of ``shape`` that becomes the file ``path`` when the block ends.
+
+    zarr targets get a zarr array chunked along Z and .npy targets a memory map, so a
+    prediction written slab by slab streams to disk; TIFF and NIfTI are held in memory
+    and written at the end.  Nothing appears at ``path`` unless the block succeeds.
+    """
+    path = Path(path)
+    fmt = volume_format(path)
+    _check_writable_target(path)
+    shape = tuple(int(s) for s in shape)
+    dtype = np.dtype(dtype)
+    if fmt == "zarr":
+        zarr = _import_optional("zarr", "zarr")
+        spacing, _ = _resolve_geometry(like, spacing)
+        temp = _temp_path(path, directory=True)
+        try:
+            out = zarr.open_array(
+                store=str(temp), mode="w", shape=shape, dtype=dtype, chunks=_z_chunks(shape, dtype.itemsize), fill_value=0
+            )
+            if spacing is not None:
+                out.attrs["spacing"] = list(spacing)
+            yield out
+            _replace_dir(temp, path)
+        finally:
+            if temp.exists():
+                shutil.rmtree(temp, ignore_errors=True)
+    elif fmt == "npy":
+        spacing, _ = _resolve_geometry(like, spacing)
+        temp = _temp_path(path)
+        try:
+            out = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=shape)
+            yield out
+            out.flush()
+            del out
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
+    else:
+        out = np.zeros(shape, dtype)
+        yield out
+        write_volume(path, out, like=like, spacing=spacing)
+
