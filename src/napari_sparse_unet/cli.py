@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         "volume and report Dice against its ground truth on the voxels that were not painted.",
     )
     _add_training_options(demo)
-    demo.set_defaults(max_time=60.0)
+    demo.set_defaults(max_time=90.0)
     demo.add_argument("--shape", type=_positive_int, nargs=3, default=(40, 128, 128), metavar=("Z", "Y", "X"),
                       help="size of the generated volume (default: 40 128 128)")
     demo.add_argument("--out-dir", metavar="DIR", help="also save the volumes (.tif) and the model there")

@@ -1,0 +1,1 @@
+"""The napari dock widget (Qt).  Importing this package imports neither torch nor the core."""
