@@ -311,3 +311,5 @@ def test_choose_tile_size_fits_the_budget_and_the_volume():
     assert all(t >= 48 for t in tight)
     flat = choose_tile_size(ModelConfig(2, 1, 2, ((2, 2),) * 2), (20, 30), 64)
     assert flat == (20, 32)
+    with pytest.warns(RuntimeWarning, match="too small"):
+        assert choose_tile_size(config, (64, 2048, 2048), 16, overlap=12, min_tile=(48, 48, 48)) == (48, 48, 48)

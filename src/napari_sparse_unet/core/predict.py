@@ -16,6 +16,7 @@ import copy
 import itertools
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Sequence
 
@@ -247,8 +248,14 @@ def choose_tile_size(
         candidates.append((cost, tiles, tile, memory))
     fitting = [c for c in candidates if c[3] <= budget]
     if not fitting:
-        # Nothing fits: take the smallest tile; the budget was too small to honour.
-        return min(candidates, key=lambda c: (c[3], c[0]))[2]
+        smallest = min(candidates, key=lambda c: (c[3], c[0]))
+        warnings.warn(
+            f"memory_budget_mb={memory_budget_mb} is too small for a volume of shape {shape}: using tiles of "
+            f"{smallest[2]}, which need about {smallest[3] / 2**20:.0f} MB",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return smallest[2]
     cheapest = min(c[0] for c in fitting)
     near = [c for c in fitting if c[0] <= 1.02 * cheapest]
     return min(near, key=lambda c: (c[1], tuple(-t for t in reversed(c[2]))))[2]
