@@ -1,0 +1,84 @@
+"""Training throughput: steps and voxels per second with 1 thread and with every core.
+
+Usage: python benchmarks/train_speed.py [--steps 20] [--preset cpu]
+
+Each configuration runs in a fresh subprocess (torch's thread pool is fixed per
+process), trains on the generated sample with the preset's patch and width,
+skips the first 3 steps (warm-up) and reports the rest.  Writes the
+``train-speed`` section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+from _report import machine_summary, write_section
+
+WARMUP = 3
+
+
+def child(preset: str, steps: int, threads: int) -> dict:
+    import torch
+
+    from napari_sparse_unet._sample_data import make_sample_volume
+    from napari_sparse_unet.core.config import PRESETS
+    from napari_sparse_unet.core.train import Trainer
+
+    torch.set_num_threads(threads)
+    image, _, annotation = make_sample_volume(seed=0)
+    config = dataclasses.replace(PRESETS[preset], max_steps=steps + WARMUP, max_time=None, validation=False)
+    trainer = Trainer([image], [annotation], config, spacing=(2.0, 1.0, 1.0))
+    times = []
+    last = time.perf_counter()
+    for _ in trainer.run():
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+    per_step = sum(times[WARMUP:]) / max(1, len(times) - WARMUP)
+    voxels = config.batch_size * int(__import__("math").prod(trainer.patch_size))
+    return {"threads": threads, "patch": list(trainer.patch_size), "batch": config.batch_size,
+            "seconds_per_step": per_step, "voxels_per_second": voxels / per_step}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.preset, args.steps, args.child)))
+        return
+    cores = os.cpu_count() or 1
+    rows = []
+    for threads in sorted({1, cores}):
+        out = subprocess.run([sys.executable, __file__, "--child", str(threads), "--steps", str(args.steps), "--preset", args.preset],
+                             check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(rows[-1], flush=True)
+    load = os.getloadavg()[0]
+    base = rows[0]["seconds_per_step"]
+    lines = [
+        "## Training throughput (`benchmarks/train_speed.py`)",
+        "",
+        f"Preset `{args.preset}` on the generated sample (40×128×128, spacing 2×1×1), {args.steps} steps after {WARMUP} warm-up steps, "
+        f"each thread count in a fresh process. Machine: {machine_summary()}; 1-minute load average at the end {load:.1f} "
+        "(2 cores: above 2, other work shared the CPU and the seconds are inflated).",
+        "",
+        "| threads | patch × batch | s / step | steps / s | voxels / s | speed-up vs 1 thread |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['threads']} | {'×'.join(map(str, r['patch']))} × {r['batch']} | {r['seconds_per_step']:.3f} | "
+                     f"{1 / r['seconds_per_step']:.2f} | {r['voxels_per_second'] / 1e3:.0f} k | {base / r['seconds_per_step']:.2f}× |")
+    write_section("train-speed", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
