@@ -38,9 +38,12 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 # quarter of the budget, so small budgets still get a tile).
 _BYTES_PER_VOXEL_PER_BASE_CHANNEL = 56.0
 _FIXED_BYTES = 64 * 2**20
-# Fixed cost of one tile, as the number of voxels the network computes in the
-# same time: CPU time per voxel is ~1.3x higher on 48^3 tiles than on >= 96^3
-# ones (per-call and per-layer overheads); steers away from many small tiles.
+# Fixed cost of one tile (Python, per-layer calls), as voxels of network work;
+# steers away from many tiny tiles.  The cost model is otherwise "voxels
+# computed": on the benchmark CPU, tiles of 2-4 M voxels ran 10-30 % slower
+# per voxel than ~0.5-1 M (fresh page faults for activations of hundreds of
+# MB), but bigger tiles are also closer to a whole-volume pass with instance
+# norm, so big budgets still get big tiles.
 _TILE_OVERHEAD_VOXELS = 32_768
 # Rows of a finished slab turned into labels at once (bounds the argmax temporaries).
 _ARGMAX_VOXELS = 1 << 20
@@ -58,93 +61,24 @@ class PredictEvent:
 # --------------------------------------------------------------------------- predictor
 
 
-class _InstanceNormReLU(torch.nn.Module):
-    """Instance norm (and ReLU) computed in place on a tensor nothing else holds.
-
-    Saves allocating (and page-faulting) a new full-size activation per norm,
-    which is a large share of CPU inference time and of peak memory.
-    """
-
-    def __init__(self, norm: torch.nn.Module, relu: bool) -> None:
-        super().__init__()
-        self.eps = float(norm.eps)
-        self.weight = norm.weight
-        self.bias = norm.bias
-        self.relu = relu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dims = tuple(range(2, x.ndim))
-        var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
-        scale = torch.rsqrt(var + self.eps)
-        shape = (1, -1) + (1,) * len(dims)
-        if self.weight is not None:
-            scale = scale * self.weight.reshape(shape)
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias.reshape(shape)
-        x.mul_(scale).add_(shift)
-        return x.relu_() if self.relu else x
-
-
-def _fold_batch_norm(conv: torch.nn.Module, norm: torch.nn.Module) -> None:
-    """Fold an eval-mode batch norm into the preceding convolution's weights and bias."""
-    scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
-    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(norm.running_mean)
-    conv.weight = torch.nn.Parameter(conv.weight.detach() * scale.reshape((-1,) + (1,) * (conv.weight.ndim - 1)), False)
-    conv.bias = torch.nn.Parameter(norm.bias.detach() + (bias - norm.running_mean) * scale, False)
-
-
-def inference_network(network: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``network`` with conv → norm → ReLU runs fused for inference.
-
-    Only runs inside an ``nn.Sequential`` are rewritten: there a convolution's
-    output reaches nothing but the next module, so normalising it in place is
-    safe.  Instance norms (without running statistics) become an in-place
-    norm + ReLU; eval-mode batch norms are folded into the convolution.  The
-    result equals the original to float rounding; anything else is left as is.
-    """
-    network = copy.deepcopy(network).eval()
-    conv_types = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-    for module in network.modules():
-        if not isinstance(module, torch.nn.Sequential):
-            continue
-        children = list(module.children())
-        for i in range(1, len(children)):
-            conv, norm = children[i - 1], children[i]
-            relu = i + 1 < len(children) and isinstance(children[i + 1], torch.nn.ReLU)
-            if not isinstance(conv, conv_types):
-                continue
-            if isinstance(norm, torch.nn.modules.instancenorm._InstanceNorm) and not norm.track_running_stats:
-                module[i] = _InstanceNormReLU(norm, relu)
-                if relu:
-                    module[i + 1] = torch.nn.Identity()
-            elif isinstance(norm, torch.nn.modules.batchnorm._BatchNorm) and norm.track_running_stats and norm.affine:
-                _fold_batch_norm(conv, norm)
-                module[i] = torch.nn.Identity()
-                if relu:
-                    module[i + 1] = torch.nn.ReLU(inplace=True)
-    return network
-
-
-def make_predictor(
-    model: Any, device: str | torch.device = "cpu", mixed_precision: bool = True, tta: bool = False, *, fuse: bool = True
-) -> Predictor:
+def make_predictor(model: Any, device: str | torch.device = "cpu", mixed_precision: bool = True, tta: bool = False) -> Predictor:
     """Wrap a network as a :data:`Predictor` returning softmax probabilities.
 
     Args:
         model: a ``SegmentationModel`` (its ``network`` is used) or a bare
             ``torch.nn.Module`` mapping (N, C, *spatial) to logits (N, K, *spatial).
-        device: where tiles run.  The network is copied there; the caller's
-            model is never modified.
+        device: where tiles run.
         mixed_precision: float16 autocast, used only on CUDA (CPU autocast is slower).
         tta: average over all flips of the spatial axes (2^dims passes).
-        fuse: run :func:`inference_network`'s fused copy (same results, less
-            memory and time); otherwise a plain copy.
+
+    The caller's network is never modified: it is copied when it has to move
+    to another device or be put in eval mode (e.g. a network still training).
     """
     network = getattr(model, "network", model)
     device = torch.device(device)
-    network = inference_network(network) if fuse else copy.deepcopy(network).eval()
-    network = network.to(device)
+    on_device = all(p.device == device for p in network.parameters())
+    if network.training or not on_device:
+        network = copy.deepcopy(network).to(device).eval()
     use_amp = bool(mixed_precision) and device.type == "cuda"
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -221,11 +155,12 @@ def choose_tile_size(
     the one with the largest trailing axes (whole Y/X planes where possible).
 
     Args:
+        device: where tiles run; accepted for symmetry with the predictor.
+            Memory is estimated for float32 activations everywhere, which
+            over-estimates mixed precision on CUDA.
         overlap: voxels shared by neighbouring tiles, per axis or one for all.
-        device: accepted for symmetry with the predictor; the estimate is for
-            float32 activations, which over-estimates mixed precision on CUDA.
     """
-    del device  # the same estimate everywhere (see docstring)
+    del device  # the same estimate everywhere (see above)
     shape = tuple(int(s) for s in image_spatial_shape)
     dims = len(shape)
     if dims != model_config.spatial_dims:
@@ -423,11 +358,12 @@ class _ChannelFirst:
 
 
 def plan_prediction(model: Any, spatial_shape: Sequence[int], config: PredictConfig) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """(tile shape, overlap fraction of the tile per axis) for ``model`` on a volume of ``spatial_shape``.
+    """(tile shape, overlap as a fraction of the tile per axis) for ``model`` on ``spatial_shape``.
 
-    The overlap in voxels is ``config.overlap`` of the training patch, as
-    MONAI's usual setting (window = training patch) shares, and tiles are at
-    least the training patch (clipped to the volume) unless ``config.tile_size`` is given.
+    Neighbouring tiles share ``config.overlap`` × the training patch in voxels
+    (what MONAI's usual setting, window = training patch, shares), so the
+    overlap does not grow with the tile.  Tiles are at least the training
+    patch (clipped to the volume) unless ``config.tile_size`` is given.
     """
     shape = tuple(int(s) for s in spatial_shape)
     patch = tuple(int(p) for p in getattr(model, "patch_size", None) or model.model_config.size_multiple())
