@@ -25,7 +25,7 @@ import torch
 
 from .config import ModelConfig, PredictConfig
 from .data import InputError, check_finite, label_lut
-from .tiling import SlabStitcher, blending_window, overlap_voxels, tile_grid
+from .tiling import _per_axis, SlabStitcher, blending_window, overlap_voxels, tile_grid
 from .train import resolve_device
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -215,15 +215,6 @@ def _read_tile(
     return x
 
 
-def _per_axis_overlap(overlap: float | Sequence[float], dims: int) -> tuple[float, ...]:
-    if isinstance(overlap, (int, float, np.integer, np.floating)):
-        return (float(overlap),) * dims
-    values = tuple(float(o) for o in overlap)
-    if len(values) != dims:
-        raise ValueError(f"overlap needs {dims} values, got {overlap!r}")
-    return values
-
-
 def iter_predict(
     predictor: Predictor,
     image_cf: Any,
@@ -272,7 +263,7 @@ def iter_predict(
         raise ValueError(f"labels_out has shape {tuple(labels_out.shape)}, expected {spatial}")
     if probabilities_out is not None and tuple(probabilities_out.shape) != (num_classes, *spatial):
         raise ValueError(f"probabilities_out has shape {tuple(probabilities_out.shape)}, expected {(num_classes, *spatial)}")
-    overlaps = _per_axis_overlap(overlap, len(spatial))
+    overlaps = _per_axis(overlap, len(spatial), "overlap")
     grid = tile_grid(spatial, tile, overlaps)
     # Ramps as long as the guaranteed overlap: neighbours cross-fade over it.
     margins = [overlap_voxels(t, o) for t, o in zip(tile, overlaps)]
