@@ -14,7 +14,8 @@ from .core.checkpoint import CheckpointError, SegmentationModel, load_model
 from .core.config import PRESETS, ConfigError, ModelConfig, PredictConfig, TrainConfig
 from .core.data import InputError
 from .core.predict import PredictEvent, predict, predict_iter
-from .core.train import TrainEvent, Trainer, available_devices, resolve_device, train
+from .core.device import available_devices, resolve_device
+from .core.train import TrainEvent, Trainer, train
 
 __all__ = [
     "PRESETS",

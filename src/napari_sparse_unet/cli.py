@@ -142,7 +142,7 @@ def _dice_scores(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray, cl
 
 def _train_config(args: argparse.Namespace) -> tuple[str, TrainConfig]:
     """The preset's name and the settings from it and the command line options."""
-    from .core.train import resolve_device
+    from .core.device import resolve_device
 
     device = resolve_device(args.device)
     preset_name = args.preset or ("cpu" if device.type == "cpu" else "gpu-small")
@@ -253,7 +253,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .core.checkpoint import SegmentationModel
     from .core.predict import predict
-    from .core.train import resolve_device
+    from .core.device import resolve_device
 
     resolve_device(args.device)  # an unavailable GPU is bad input, not a crash inside torch
     model = SegmentationModel.load(args.model)

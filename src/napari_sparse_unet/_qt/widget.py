@@ -190,7 +190,8 @@ class SparseUNetWidget(QWidget):
         adv.addRow("Augmentation", self.augment_check)
         self.validation_check = QCheckBox("hold out one painted slice (6+ slices)")
         adv.addRow("Validation", self.validation_check)
-        self.amp_check = QCheckBox("on GPU")
+        self.amp_check = QCheckBox("GPU, or CPU with bfloat16 units")
+        self.amp_check.setToolTip("float16/bfloat16 where the device is fast at it; float32 elsewhere")
         adv.addRow("Mixed precision", self.amp_check)
         self.preview_spin = QDoubleSpinBox()
         self.preview_spin.setRange(0.0, 600.0)
@@ -1023,6 +1024,6 @@ def _presets() -> dict[str, Any]:
 
 
 def _available_devices() -> tuple[str, ...]:
-    from ..core.train import available_devices
+    from ..core.device import available_devices
 
     return tuple(available_devices())

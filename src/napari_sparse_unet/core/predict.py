@@ -26,7 +26,7 @@ import torch
 from .config import ModelConfig, PredictConfig
 from .data import InputError, check_finite, label_lut
 from .tiling import _per_axis, SlabStitcher, blending_window, overlap_voxels, tile_grid
-from .train import resolve_device
+from .device import autocast_dtype, preferred_memory_format, resolve_device
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 """(N, C, *tile) float32 -> (N, K, *tile) class probabilities (what gets blended)."""
@@ -68,7 +68,8 @@ def make_predictor(model: Any, device: str | torch.device = "cpu", mixed_precisi
         model: a ``SegmentationModel`` (its ``network`` is used) or a bare
             ``torch.nn.Module`` mapping (N, C, *spatial) to logits (N, K, *spatial).
         device: where tiles run.
-        mixed_precision: float16 autocast, used only on CUDA (CPU autocast is slower).
+        mixed_precision: autocast where the device is fast at it (CUDA; CPUs with
+            native bfloat16), see :mod:`.device`.
         tta: average over all flips of the spatial axes (2^dims passes).
 
     The caller's network is never modified: it is copied when it has to move
@@ -76,13 +77,16 @@ def make_predictor(model: Any, device: str | torch.device = "cpu", mixed_precisi
     """
     network = getattr(model, "network", model)
     device = torch.device(device)
+    amp_dtype = autocast_dtype(device, mixed_precision)
+    spatial_dims = next(p for p in network.parameters() if p.ndim > 2).ndim - 2
+    memory_format = preferred_memory_format(device, amp_dtype, spatial_dims)
     on_device = all(p.device == device for p in network.parameters())
-    if network.training or not on_device:
-        network = copy.deepcopy(network).to(device).eval()
-    use_amp = bool(mixed_precision) and device.type == "cuda"
+    if network.training or not on_device or memory_format != torch.contiguous_format:
+        network = copy.deepcopy(network).to(device=device, memory_format=memory_format).eval()
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        x = x.contiguous(memory_format=memory_format)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = network(x)
         return torch.softmax(logits.float(), dim=1)
 

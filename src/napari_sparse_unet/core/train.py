@@ -30,6 +30,7 @@ from .data import (
     fit_normalization,
     validate_pair,
 )
+from .device import autocast_dtype, preferred_memory_format, resolve_device
 from .losses import class_weights_from_counts, sparse_segmentation_loss
 from .model import build_model, choose_patch_size, plan_network
 from .sampling import PatchSampler, TrainingVolume, _crop_with_padding
@@ -56,33 +57,6 @@ class TrainEvent:
     elapsed: float
     progress: float
     val_dice: float | None = None
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU; other names are checked."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was requested but no CUDA GPU is available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise InputError("device 'mps' was requested but Apple's MPS backend is not available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
-    return torch.device(name)
-
-
-def available_devices() -> list[str]:
-    """Device names usable on this machine, best first, for pickers."""
-    names = []
-    if torch.cuda.is_available():
-        names.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        names.append("mps")
-    return names + ["cpu"]
 
 
 @dataclass
@@ -295,7 +269,9 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         device = self.device
         network = copy.deepcopy(self._initial.network) if self._initial is not None else build_model(self.model_config)
-        network.to(device).train()
+        amp_dtype = autocast_dtype(device, config.mixed_precision)
+        memory_format = preferred_memory_format(device, amp_dtype, self.model_config.spatial_dims)
+        network.to(device=device, memory_format=memory_format).train()
         self._network = network
         sampler = PatchSampler(
             self.volumes,
@@ -309,9 +285,8 @@ class Trainer:
         )
         weights = torch.from_numpy(class_weights_from_counts(sampler.class_counts, config.max_class_weight)).to(device)
         optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        use_amp = config.mixed_precision and device.type == "cuda"
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        # float16 needs loss scaling against underflow; bfloat16 has float32's range.
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         previous_steps = int(self._initial.history.get("steps", 0)) if self._initial is not None else 0
         start = time.perf_counter()
         step, loss_value, bad_steps = 0, math.nan, 0
@@ -326,10 +301,10 @@ class Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x, y = sampler.batch(config.batch_size)
-                x_t = torch.from_numpy(x).to(device, non_blocking=True)
+                x_t = torch.from_numpy(x).to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 y_t = torch.from_numpy(y).to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     logits = network(x_t)
                 loss = sparse_segmentation_loss(logits, y_t, weights, config.dice_weight)
                 loss_value = float(loss.detach())

@@ -1,0 +1,98 @@
+"""Where the network runs and at which precision.
+
+Mixed precision is used only where it is fast: CUDA (bfloat16 when supported,
+else float16) and CPUs with native bfloat16 matrix units (Intel AMX or
+AVX512-BF16), where oneDNN runs 3-D convolutions 2-3x faster in bfloat16.  On
+other CPUs bfloat16 is emulated and slower than float32, so it stays off.
+Weights, losses and softmax stay float32 in every case.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import torch
+
+from .data import InputError
+
+# "1" forces CPU bfloat16 on, "0" off (benchmarks compare the two; tests pin one).
+CPU_BF16_ENV = "NAPARI_SPARSE_UNET_CPU_BF16"
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU; other names are checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was requested but no CUDA GPU is available")
+    if name == "mps" and not _mps_available():
+        raise InputError("device 'mps' was requested but Apple's MPS backend is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def available_devices() -> list[str]:
+    """Device names usable on this machine, best first, for pickers."""
+    names = []
+    if torch.cuda.is_available():
+        names.append("cuda")
+    if _mps_available():
+        names.append("mps")
+    return names + ["cpu"]
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    if not sys.platform.startswith("linux"):
+        return frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (or the environment variable says so)."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+
+
+def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
+    """The autocast dtype to use on ``device``, or ``None`` for plain float32."""
+    if not mixed_precision:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None
+
+
+def precision_name(device: torch.device, mixed_precision: bool) -> str:
+    """'bfloat16', 'float16' or 'float32', for logs and the widget."""
+    dtype = autocast_dtype(device, mixed_precision)
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def preferred_memory_format(device: torch.device, dtype: torch.dtype | None, spatial_dims: int) -> torch.memory_format:
+    """Channels-last for oneDNN's bfloat16 convolutions on the CPU (1.2-1.5x faster there), else contiguous."""
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    return torch.contiguous_format
