@@ -38,6 +38,23 @@ def test_augmentation_keeps_image_and_target_aligned():
             assert image[0][target == 1].min() > image[0][target == 0].max()
 
 
+def test_painted_slice_lands_at_every_depth_of_the_middle_half_even_when_the_patch_spans_the_axis():
+    # Patch depth 8 = volume depth: a patch clamped inside the volume would put the
+    # painted slice at one fixed depth, and the network would learn only that depth.
+    target = np.full((8, 16, 16), -1, np.int16)
+    target[5] = 0
+    target[5, 4:8, 4:8] = 1
+    volume = TrainingVolume(image=np.zeros((1, 8, 16, 16), np.float32), target=target)
+    sampler = _sampler(volume, augment=False)
+    depths = set()
+    for _ in range(200):
+        _, patch_target = sampler.sample()
+        painted = np.flatnonzero((patch_target >= 0).any(axis=(1, 2)))
+        assert len(painted) == 1
+        depths.add(int(painted[0]))
+    assert depths == {2, 3, 4, 5, 6}  # the middle half of 8: offsets 2..6
+
+
 def test_patch_larger_than_volume_is_padded_with_unannotated():
     target = np.full((4, 10, 10), -1, np.int16)
     target[2, 2:8, 2:8] = 0

@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--image", required=True, metavar="IMG", help="volume to segment")
     pred.add_argument("--out", required=True, metavar="OUT", help="labels output (.tif, .npy, .nii.gz, .zarr)")
     pred.add_argument("--probabilities", metavar="OUT", help="also write class probabilities (K, Z, Y, X) float32")
-    pred.add_argument("--overlap", type=_fraction, default=0.25, metavar="F", help="tile overlap fraction (default: 0.25)")
+    pred.add_argument("--overlap", type=_fraction, default=0.25, metavar="F", help="overlap of neighbouring tiles as a fraction of the model's training patch (default: 0.25)")
     pred.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation; slower)")
     pred.add_argument("--tile-size", type=_positive_int, nargs="+", metavar="N",
                       help="tile Z Y X (default: the largest that fits the memory budget)")

@@ -168,6 +168,9 @@ class TrainConfig:
 class PredictConfig:
     """How to predict a whole volume with overlapping tiles.
 
+    ``overlap`` is a fraction of the model's *training patch*, not of the tile:
+    neighbouring tiles share ``overlap`` × patch voxels per axis, the context the
+    network was trained with, so big tiles do not pay for a big overlap.
     ``tile_size`` ``None`` picks the largest tile that fits ``memory_budget_mb``
     (the network is fully convolutional, so it need not equal the training patch).
     """

@@ -115,10 +115,13 @@ class PatchSampler:
         centre = np.unravel_index(flat, volume.target.shape)
         start = []
         for c, p, dim in zip(centre, self.patch_size, volume.target.shape):
-            # The annotated voxel lands anywhere in the middle half of the patch.
-            s = int(c) - int(self.rng.integers(p // 4, p - p // 4 + 1)) if p > 1 else int(c)
-            s = min(max(s, 0), dim - p) if dim >= p else -((p - dim) // 2)
-            start.append(s)
+            # The annotated voxel lands anywhere in the middle half of the patch, even
+            # where that puts part of the patch outside the volume (padded).  Clamping
+            # the patch inside would pin painted slices to a few fixed positions in it
+            # (one, when the patch spans the whole axis), and the network would learn
+            # to be right only there: pooling makes it shift-invariant only by 2^depth.
+            offset = int(self.rng.integers(p // 4, p - p // 4 + 1)) if p > 1 else 0
+            start.append(int(c) - offset)
         image = self.normalize(_crop_with_padding(volume.image, start, self.patch_size, fill=None))
         target = _crop_with_padding(volume.target, start, self.patch_size, fill=-1).astype(np.int64)
         if self.augment:
