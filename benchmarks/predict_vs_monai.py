@@ -3,8 +3,10 @@
 Same network and weights (the project's U-Net, 3-D, 1 input channel, 3 classes,
 depth 3, base 16, instance norm, seeded random init), same normalised volume.
 MONAI runs at its usual settings: window = training patch (48³), overlap 0.25,
-Gaussian blending, ``sw_batch_size`` 4 as in its tutorials.  Both blend
-softmax probabilities.  Each result is compared with one forward pass over
+Gaussian blending, ``sw_batch_size`` 4 as in its tutorials, float32.  Both blend
+softmax probabilities.  On a CPU with native bfloat16 (AMX / AVX512-BF16) our
+default autocasts to bfloat16; ``--precisions`` runs ours in float32 too, and
+MONAI with the same bfloat16 autocast, so the two effects can be told apart.  Each result is compared with one forward pass over
 the whole volume (run in a child process, which needs ~0.9 kB per voxel).
 
 Run one volume per call (each takes minutes on 2 threads)::
@@ -34,6 +36,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 DATA = HERE.parent.parent / "shared" / "data"
 
 PATCH = (48, 48, 48)
+MONAI = "MONAI sliding_window_inference"
 SEED = 0
 
 
@@ -114,6 +117,8 @@ def main() -> None:
     parser.add_argument("--volume", choices=["ct128", "em64x512"], required=True)
     parser.add_argument("--budgets", type=int, nargs="+", default=[1024, 4096], help="our memory_budget_mb values")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
+                        help="run ours (and MONAI) in these; bfloat16 only where the CPU has it natively")
     parser.add_argument("--sw-batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "nsu-predict-bench",
@@ -128,10 +133,14 @@ def main() -> None:
     from napari_sparse_unet.core.checkpoint import SegmentationModel
     from napari_sparse_unet.core.config import PredictConfig, TrainConfig
     from napari_sparse_unet.core.data import fit_normalization
+    from napari_sparse_unet.core.device import cpu_has_fast_bf16
     from napari_sparse_unet.core.predict import plan_prediction, predict
     from napari_sparse_unet.core.tiling import tile_grid
 
     torch.set_num_threads(args.threads)
+    if "bfloat16" in args.precisions and not cpu_has_fast_bf16():
+        print("this CPU has no native bfloat16: running float32 only", flush=True)
+        args.precisions = ["float32"]
     volume, description = load_volume(args.volume)
     shape = volume.shape
     network = build()
@@ -168,18 +177,18 @@ def main() -> None:
             else:
                 print(f"skipping the whole-volume pass: needs ~{need / 2**30:.1f} GiB, {mem_available() / 2**30:.1f} available")
 
-    def monai_run():
-        with torch.inference_mode():
+    def monai_run(bf16: bool = False):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             x = torch.from_numpy(normalized)[None]
             out = sliding_window_inference(
-                x, PATCH, args.sw_batch_size, lambda t: torch.softmax(network(t), dim=1), overlap=0.25, mode="gaussian"
-            )
+                x, PATCH, args.sw_batch_size, lambda t: torch.softmax(network(t).float(), dim=1), overlap=0.25,
+                mode="gaussian")
         return out[0].numpy()
 
-    def ours_run(budget: int):
+    def ours_run(budget: int, precision: str):
         probabilities = np.zeros((3, *shape), np.float32)
-        predict(model, volume, PredictConfig(memory_budget_mb=budget, device="cpu", batch_size=1),
-                probabilities_out=probabilities)
+        config = PredictConfig(memory_budget_mb=budget, device="cpu", mixed_precision=precision == "bfloat16")
+        predict(model, volume, config, probabilities_out=probabilities)
         return probabilities
 
     monai_tiles = len(tile_grid(shape, PATCH, 0.25))
@@ -189,20 +198,28 @@ def main() -> None:
         probs, wall, cpu = timed(monai_run)
         metrics = compare(probs, reference) if reference is not None else {}
         del probs
-        rows.append((repeat, "MONAI sliding_window_inference", f"48³ ×{monai_tiles}, sw_batch_size {args.sw_batch_size}",
-                     monai_tiles * np.prod(PATCH) / volume.size, wall, cpu, metrics))
-        for budget in args.budgets:
-            tile, fractions = plan_prediction(model, shape, PredictConfig(memory_budget_mb=budget))
-            n = len(tile_grid(shape, tile, fractions))
-            print(f"ours, budget {budget} MB, tile {tile} x{n} (repeat {repeat + 1})...", flush=True)
-            probs, wall, cpu = timed(lambda: ours_run(budget))
+        monai_tiles_text = f"48³ ×{monai_tiles}, sw_batch_size {args.sw_batch_size}"
+        rows.append((repeat, MONAI, "float32", monai_tiles_text, monai_tiles * np.prod(PATCH) / volume.size, wall, cpu, metrics))
+        if "bfloat16" in args.precisions:
+            print(f"MONAI, bfloat16 autocast (repeat {repeat + 1})...", flush=True)
+            probs, wall, cpu = timed(lambda: monai_run(bf16=True))
             metrics = compare(probs, reference) if reference is not None else {}
             del probs
-            rows.append((repeat, f"napari-sparse-unet, memory_budget_mb={budget}", f"{'×'.join(map(str, tile))} ×{n}",
-                         n * np.prod(tile) / volume.size, wall, cpu, metrics))
+            rows.append((repeat, MONAI, "bfloat16 autocast", monai_tiles_text, monai_tiles * np.prod(PATCH) / volume.size,
+                         wall, cpu, metrics))
+        for precision in args.precisions:
+            for budget in args.budgets:
+                tile, fractions = plan_prediction(model, shape, PredictConfig(memory_budget_mb=budget))
+                n = len(tile_grid(shape, tile, fractions))
+                print(f"ours, {precision}, budget {budget} MB, tile {tile} x{n} (repeat {repeat + 1})...", flush=True)
+                probs, wall, cpu = timed(lambda: ours_run(budget, precision))
+                metrics = compare(probs, reference) if reference is not None else {}
+                del probs
+                rows.append((repeat, f"napari-sparse-unet, memory_budget_mb={budget}", precision,
+                             f"{'×'.join(map(str, tile))} ×{n}", n * np.prod(tile) / volume.size, wall, cpu, metrics))
 
     # Speed-ups are paired: against the plain-MONAI run of the same repeat, made minutes apart.
-    baseline = {r[0]: (r[4], r[5]) for r in rows if r[1] == "MONAI sliding_window_inference"}
+    baseline = {r[0]: (r[5], r[6]) for r in rows if r[1] == MONAI and r[2] == "float32"}
     lines = [
         f"### Prediction vs MONAI: {'×'.join(map(str, shape))} ({args.volume})",
         "",
@@ -215,17 +232,19 @@ def main() -> None:
         f"Ours: `predict()` with `PredictConfig(overlap=0.25)` (12-voxel overlap = 0.25 × training patch), "
         "tile chosen by `choose_tile_size` for the budget. "
         "Reference: one forward pass over the whole volume (in a child process; cached between runs). "
-        f"Speed-ups are against the plain-MONAI run of the same repeat ({args.repeats} repeat(s), run one after the other). "
-        "CPU s = user + system time of all threads.",
+        f"Speed-ups are against MONAI at its usual settings (float32) in the same repeat ({args.repeats} repeat(s), run one after the other). "
+        "CPU s = user + system time of all threads. Precision: float32, or bfloat16 autocast (weights, softmax "
+        "and blending stay float32; ours also runs the network channels-last, as it does by default on CPUs with "
+        "native bfloat16).",
         "",
-        "| repeat | method | tiles | voxels computed / volume | wall s | CPU s | speed-up (wall) | speed-up (CPU) | argmax ≠ whole pass | max abs Δp | mean abs Δp |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| repeat | method | precision | tiles | voxels computed / volume | wall s | CPU s | speed-up (wall) | speed-up (CPU) | argmax ≠ whole pass | max abs Δp | mean abs Δp |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for repeat, name, tiles, redundancy, wall, cpu, m in rows:
+    for repeat, name, precision, tiles, redundancy, wall, cpu, m in rows:
         fmt = (lambda k, f: f.format(m[k]) if k in m else "n/a")
         monai_wall, monai_cpu = baseline[repeat]
         lines.append(
-            f"| {repeat + 1} | {name} | {tiles} | {redundancy:.2f} | {wall:.1f} | {cpu:.1f} | {monai_wall / wall:.2f}× | {monai_cpu / cpu:.2f}× | "
+            f"| {repeat + 1} | {name} | {precision} | {tiles} | {redundancy:.2f} | {wall:.1f} | {cpu:.1f} | {monai_wall / wall:.2f}× | {monai_cpu / cpu:.2f}× | "
             f"{fmt('argmax_differs', '{:.3%}')} | {fmt('max_abs', '{:.3f}')} | {fmt('mean_abs', '{:.4f}')} |"
         )
     lines += [
@@ -242,7 +261,7 @@ def main() -> None:
         "computes only 2.58× the volume, which caps the speed-up near 2.6× even at equal cost per voxel.",
         "",
         f"Command: `python benchmarks/predict_vs_monai.py --volume {args.volume} --budgets {' '.join(map(str, args.budgets))}"
-        f" --repeats {args.repeats}`.",
+        f" --repeats {args.repeats} --precisions {' '.join(args.precisions)}`.",
     ]
     markdown = "\n".join(lines)
     print(markdown)

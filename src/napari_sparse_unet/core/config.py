@@ -108,8 +108,8 @@ class TrainConfig:
 
     Training stops at ``max_steps`` or after ``max_time`` seconds, whichever
     comes first.  ``patch_size`` is spatial only, (Z, Y, X) or (Y, X).
-    ``mixed_precision`` autocasts where the device is fast at it: CUDA, and CPUs
-    with native bfloat16 (Intel AMX / AVX512-BF16); float32 elsewhere.
+    ``mixed_precision`` autocasts on CUDA; CPU training stays float32 (see
+    :mod:`.device`), CPU prediction uses bfloat16 where the CPU has it natively.
     """
 
     max_steps: int = 400

@@ -1,9 +1,13 @@
 """Where the network runs and at which precision.
 
-Mixed precision is used only where it is fast: CUDA (bfloat16 when supported,
-else float16) and CPUs with native bfloat16 matrix units (Intel AMX or
-AVX512-BF16), where oneDNN runs 3-D convolutions 2-3x faster in bfloat16.  On
-other CPUs bfloat16 is emulated and slower than float32, so it stays off.
+Mixed precision is used only where it is fast and safe: CUDA (bfloat16 when
+supported, else float16), and for *prediction* on CPUs with native bfloat16
+matrix units (Intel AMX or AVX512-BF16), where oneDNN runs 3-D convolutions
+2-3x faster in bfloat16.  On other CPUs bfloat16 is emulated and slower than
+float32, so it stays off.  CPU *training* stays float32: with torch 2.13 the
+bfloat16 backward pass of our 3-D U-Net crashed (segmentation fault) or hung
+for some patch shapes, e.g. 2×1×8×96×96, while the forward pass was fine;
+``NAPARI_SPARSE_UNET_CPU_BF16=1`` turns it on for experiments.
 Weights, losses and softmax stay float32 in every case.
 """
 
@@ -17,7 +21,7 @@ import torch
 
 from .data import InputError
 
-# "1" forces CPU bfloat16 on, "0" off (benchmarks compare the two; tests pin one).
+# "1" forces CPU bfloat16 on (training too), "0" off (benchmarks compare the two; tests pin one).
 CPU_BF16_ENV = "NAPARI_SPARSE_UNET_CPU_BF16"
 
 
@@ -74,20 +78,22 @@ def cpu_has_fast_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
-def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
+def autocast_dtype(device: torch.device, mixed_precision: bool, training: bool = False) -> torch.dtype | None:
     """The autocast dtype to use on ``device``, or ``None`` for plain float32."""
     if not mixed_precision:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu" and cpu_has_fast_bf16():
+        if training and os.environ.get(CPU_BF16_ENV, "").strip() != "1":
+            return None  # see the module docstring: the CPU bfloat16 backward pass is not safe
         return torch.bfloat16
     return None
 
 
-def precision_name(device: torch.device, mixed_precision: bool) -> str:
+def precision_name(device: torch.device, mixed_precision: bool, training: bool = False) -> str:
     """'bfloat16', 'float16' or 'float32', for logs and the widget."""
-    dtype = autocast_dtype(device, mixed_precision)
+    dtype = autocast_dtype(device, mixed_precision, training)
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 

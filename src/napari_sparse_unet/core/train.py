@@ -269,7 +269,7 @@ class Trainer:
             torch.set_num_threads(config.num_threads)
         device = self.device
         network = copy.deepcopy(self._initial.network) if self._initial is not None else build_model(self.model_config)
-        amp_dtype = autocast_dtype(device, config.mixed_precision)
+        amp_dtype = autocast_dtype(device, config.mixed_precision, training=True)
         memory_format = preferred_memory_format(device, amp_dtype, self.model_config.spatial_dims)
         network.to(device=device, memory_format=memory_format).train()
         self._network = network
