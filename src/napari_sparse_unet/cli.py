@@ -140,6 +140,12 @@ def _dice_scores(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray, cl
 # --------------------------------------------------------------------------- train
 
 
+def _training_precision(trainer: Any) -> str:
+    from .core.device import precision_name
+
+    return precision_name(trainer.device, trainer.config.mixed_precision, training=True)
+
+
 def _train_config(args: argparse.Namespace) -> tuple[str, TrainConfig]:
     """The preset's name and the settings from it and the command line options."""
     from .core.device import resolve_device
@@ -204,7 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _say(
         args,
         f"training on {len(images)} volume(s) of {', '.join(_fmt_shape(np.shape(i)) for i in images)}, "
-        f"spacing {spacing or 'not recorded'}, device {trainer.device}, preset {preset}, "
+        f"spacing {spacing or 'not recorded'}, device {trainer.device} ({_training_precision(trainer)}), preset {preset}, "
         f"up to {config.max_steps} steps" + (f" or {config.max_time:g} s" if config.max_time else ""),
     )
     start = time.perf_counter()
@@ -252,10 +258,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     from .core.checkpoint import SegmentationModel
+    from .core.device import precision_name, resolve_device
     from .core.predict import predict
-    from .core.device import resolve_device
 
-    resolve_device(args.device)  # an unavailable GPU is bad input, not a crash inside torch
+    device = resolve_device(args.device)  # an unavailable GPU is bad input, not a crash inside torch
     model = SegmentationModel.load(args.model)
     image, spacing = read_volume_with_spacing(args.image, lazy=True)
     spatial = _spatial_shape(model, image)
@@ -277,7 +283,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             progress=_prediction_progress(bar),
         )
     written = f" and {args.probabilities}" if args.probabilities else ""
-    print(f"wrote {args.out}{written} ({_fmt_shape(spatial)}, {time.perf_counter() - start:.1f} s)")
+    print(f"wrote {args.out}{written} ({_fmt_shape(spatial)}, {time.perf_counter() - start:.1f} s, "
+          f"{device} {precision_name(device, config.mixed_precision)})")
     return 0
 
 
@@ -302,6 +309,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         + f"; painted z slices {slices.tolist()} ({100 * painted.mean():.1f} % of voxels)"
     )
 
+    from .core.device import precision_name
     from .core.predict import predict
     from .core.train import Trainer
 
@@ -310,7 +318,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     names = [CLASS_NAMES[v - 1] for v in painted_values]
     trainer = Trainer([image], [annotation], config, spacing=SPACING, class_names=names)
     print(
-        f"training on {trainer.device} for up to {config.max_steps} steps"
+        f"training on {trainer.device} ({_training_precision(trainer)}) for up to {config.max_steps} steps"
         + (f" or {config.max_time:g} s" if config.max_time else "")
         + f" (preset {preset})"
     )
@@ -325,11 +333,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bar = _progress(1, "predicting", "tile", args.quiet)
     try:
-        prediction = predict(model, image, PredictConfig(device=args.device), progress=_prediction_progress(bar))
+        predict_config = PredictConfig(device=args.device)
+        prediction = predict(model, image, predict_config, progress=_prediction_progress(bar))
     finally:
         bar.close()
     t_predict = time.perf_counter() - t0
-    print(f"predicted {_fmt_shape(prediction.shape)} in {t_predict:.1f} s")
+    precision = precision_name(trainer.device, predict_config.mixed_precision)
+    print(f"predicted {_fmt_shape(prediction.shape)} in {t_predict:.1f} s ({precision})")
 
     classes = list(range(1, len(CLASS_NAMES)))
     scores = _dice_scores(prediction, truth, ~painted, classes)

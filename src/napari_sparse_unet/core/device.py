@@ -70,12 +70,16 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def _cpu_bf16_forced() -> bool | None:
+    """What ``NAPARI_SPARSE_UNET_CPU_BF16`` says: True ("1"), False ("0"), or None (unset)."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    return forced == "1" if forced in ("0", "1") else None
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when this CPU computes bfloat16 natively (or the environment variable says so)."""
-    forced = os.environ.get(CPU_BF16_ENV, "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+    forced = _cpu_bf16_forced()
+    return forced if forced is not None else bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
 def autocast_dtype(device: torch.device, mixed_precision: bool, training: bool = False) -> torch.dtype | None:
@@ -84,15 +88,20 @@ def autocast_dtype(device: torch.device, mixed_precision: bool, training: bool =
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        if training and os.environ.get(CPU_BF16_ENV, "").strip() != "1":
-            return None  # see the module docstring: the CPU bfloat16 backward pass is not safe
-        return torch.bfloat16
+    if device.type == "cpu":
+        # Training only when forced: see the module docstring, the CPU bfloat16 backward pass is not safe.
+        use_bf16 = _cpu_bf16_forced() is True if training else cpu_has_fast_bf16()
+        return torch.bfloat16 if use_bf16 else None
     return None
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device``; a no-op context for ``None`` (float32)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def precision_name(device: torch.device, mixed_precision: bool, training: bool = False) -> str:
-    """'bfloat16', 'float16' or 'float32', for logs and the widget."""
+    """'bfloat16', 'float16' or 'float32', for what the command line prints."""
     dtype = autocast_dtype(device, mixed_precision, training)
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 

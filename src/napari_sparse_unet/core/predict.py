@@ -26,7 +26,7 @@ import torch
 from .config import ModelConfig, PredictConfig
 from .data import InputError, check_finite, label_lut
 from .tiling import _per_axis, SlabStitcher, blending_window, overlap_voxels, tile_grid
-from .device import autocast_dtype, preferred_memory_format, resolve_device
+from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 """(N, C, *tile) float32 -> (N, K, *tile) class probabilities (what gets blended)."""
@@ -78,6 +78,7 @@ def make_predictor(model: Any, device: str | torch.device = "cpu", mixed_precisi
     network = getattr(model, "network", model)
     device = torch.device(device)
     amp_dtype = autocast_dtype(device, mixed_precision)
+    # A bare module carries no config: its first convolution's weight is (out, in, *kernel).
     spatial_dims = next(p for p in network.parameters() if p.ndim > 2).ndim - 2
     memory_format = preferred_memory_format(device, amp_dtype, spatial_dims)
     on_device = all(p.device == device for p in network.parameters())
@@ -86,7 +87,7 @@ def make_predictor(model: Any, device: str | torch.device = "cpu", mixed_precisi
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=memory_format)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             logits = network(x)
         return torch.softmax(logits.float(), dim=1)
 

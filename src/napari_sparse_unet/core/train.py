@@ -30,7 +30,7 @@ from .data import (
     fit_normalization,
     validate_pair,
 )
-from .device import autocast_dtype, preferred_memory_format, resolve_device
+from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
 from .losses import class_weights_from_counts, sparse_segmentation_loss
 from .model import build_model, choose_patch_size, plan_network
 from .sampling import PatchSampler, TrainingVolume, _crop_with_padding
@@ -304,7 +304,7 @@ class Trainer:
                 x_t = torch.from_numpy(x).to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 y_t = torch.from_numpy(y).to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                with autocast(device, amp_dtype):
                     logits = network(x_t)
                 loss = sparse_segmentation_loss(logits, y_t, weights, config.dice_weight)
                 loss_value = float(loss.detach())
