@@ -16,6 +16,18 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; each section says how it was made.\n"
 
 
+def proc_bytes(path: str, field: str) -> int:
+    """A "<field>: N kB" line of a /proc file (e.g. /proc/meminfo MemAvailable) in bytes; 0 if absent."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def machine_summary() -> str:
     """One line: CPU, cores, torch threads, device, versions, date."""
     import torch

@@ -29,11 +29,9 @@ DATA = HERE.parent.parent / "shared" / "data"
 
 
 def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) * 1024
-    return 0
+    from _report import proc_bytes
+
+    return proc_bytes("/proc/self/status", "VmRSS")
 
 
 def child(depth: int, budget: int, threads: int) -> None:

@@ -6,8 +6,9 @@ MONAI runs at its usual settings: window = training patch (48³), overlap 0.25,
 Gaussian blending, ``sw_batch_size`` 4 as in its tutorials, float32.  Both blend
 softmax probabilities.  On a CPU with native bfloat16 (AMX / AVX512-BF16) our
 default autocasts to bfloat16; ``--precisions`` runs ours in float32 too, and
-MONAI with the same bfloat16 autocast, so the two effects can be told apart.  Each result is compared with one forward pass over
-the whole volume (run in a child process, which needs ~0.9 kB per voxel).
+MONAI with the same bfloat16 autocast, so the two effects can be told apart.
+Each result is compared with one forward pass over the whole volume (run in a
+child process, which needs ~0.9 kB per voxel).
 
 Run one volume per call (each takes minutes on 2 threads)::
 
@@ -86,11 +87,9 @@ def whole_volume_child(weights: str, volume: str, out: str) -> None:
 
 
 def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable"):
-                return int(line.split()[1]) * 1024
-    return 0
+    from _report import proc_bytes
+
+    return proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def compare(probabilities: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -191,32 +190,31 @@ def main() -> None:
         predict(model, volume, config, probabilities_out=probabilities)
         return probabilities
 
+    def measure(run) -> tuple[float, float, dict[str, float]]:
+        """Wall and CPU seconds of ``run()``, and its disagreement with the whole-volume pass."""
+        probs, wall, cpu = timed(run)
+        return wall, cpu, compare(probs, reference) if reference is not None else {}
+
     monai_tiles = len(tile_grid(shape, PATCH, 0.25))
+    monai_tiles_text = f"48³ ×{monai_tiles}, sw_batch_size {args.sw_batch_size}"
+    monai_redundancy = monai_tiles * np.prod(PATCH) / volume.size
+    # MONAI at its usual settings always; under bfloat16 autocast too when ours runs in it.
+    monai_precisions = ["float32"] + (["bfloat16"] if "bfloat16" in args.precisions else [])
     rows = []
     for repeat in range(args.repeats):
-        print(f"MONAI (repeat {repeat + 1})...", flush=True)
-        probs, wall, cpu = timed(monai_run)
-        metrics = compare(probs, reference) if reference is not None else {}
-        del probs
-        monai_tiles_text = f"48³ ×{monai_tiles}, sw_batch_size {args.sw_batch_size}"
-        rows.append((repeat, MONAI, "float32", monai_tiles_text, monai_tiles * np.prod(PATCH) / volume.size, wall, cpu, metrics))
-        if "bfloat16" in args.precisions:
-            print(f"MONAI, bfloat16 autocast (repeat {repeat + 1})...", flush=True)
-            probs, wall, cpu = timed(lambda: monai_run(bf16=True))
-            metrics = compare(probs, reference) if reference is not None else {}
-            del probs
-            rows.append((repeat, MONAI, "bfloat16 autocast", monai_tiles_text, monai_tiles * np.prod(PATCH) / volume.size,
-                         wall, cpu, metrics))
+        for precision in monai_precisions:
+            bf16 = precision == "bfloat16"
+            print(f"MONAI, {precision} (repeat {repeat + 1})...", flush=True)
+            rows.append((repeat, MONAI, "bfloat16 autocast" if bf16 else "float32", monai_tiles_text, monai_redundancy,
+                         *measure(lambda: monai_run(bf16))))
         for precision in args.precisions:
             for budget in args.budgets:
                 tile, fractions = plan_prediction(model, shape, PredictConfig(memory_budget_mb=budget))
                 n = len(tile_grid(shape, tile, fractions))
                 print(f"ours, {precision}, budget {budget} MB, tile {tile} x{n} (repeat {repeat + 1})...", flush=True)
-                probs, wall, cpu = timed(lambda: ours_run(budget, precision))
-                metrics = compare(probs, reference) if reference is not None else {}
-                del probs
                 rows.append((repeat, f"napari-sparse-unet, memory_budget_mb={budget}", precision,
-                             f"{'×'.join(map(str, tile))} ×{n}", n * np.prod(tile) / volume.size, wall, cpu, metrics))
+                             f"{'×'.join(map(str, tile))} ×{n}", n * np.prod(tile) / volume.size,
+                             *measure(lambda: ours_run(budget, precision))))
 
     # Speed-ups are paired: against the plain-MONAI run of the same repeat, made minutes apart.
     baseline = {r[0]: (r[5], r[6]) for r in rows if r[1] == MONAI and r[2] == "float32"}
