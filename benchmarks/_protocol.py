@@ -31,7 +31,7 @@ Plan = Mapping[int, Sequence[int]]
 
 @dataclass(frozen=True)
 class Volume:
-    """One benchmark volume: image and dense ground truth, both (Z, Y, X)."""
+    """One benchmark volume: image (Z, Y, X) or (C, Z, Y, X) and dense ground truth (Z, Y, X)."""
 
     name: str
     image: np.ndarray
@@ -45,9 +45,10 @@ class Volume:
 
 
 def center_crop(array: np.ndarray, shape: Sequence[int | None]) -> np.ndarray:
-    """Central crop; ``None`` or a size >= the array's keeps that axis whole."""
-    index = []
-    for size, want in zip(array.shape, shape):
+    """Central crop of the trailing ``len(shape)`` axes; ``None`` or a size >= the array's keeps that axis whole."""
+    lead = array.ndim - len(shape)
+    index: list[slice] = [slice(None)] * lead
+    for size, want in zip(array.shape[lead:], shape):
         want = size if want is None else min(int(want), size)
         start = (size - want) // 2
         index.append(slice(start, start + want))
@@ -64,8 +65,8 @@ def load_volume(name: str, data_dir: Path = DATA_DIR, crop: Sequence[int | None]
     meta = json.loads((folder / "meta.json").read_text())
     image = tifffile.imread(folder / "image.tif")
     labels = tifffile.imread(folder / "labels.tif")
-    if image.shape != labels.shape:
-        raise ValueError(f"{name}: image {image.shape} and labels {labels.shape} differ")
+    if image.shape[-labels.ndim:] != labels.shape or image.ndim > labels.ndim + 1:
+        raise ValueError(f"{name}: image {image.shape} (channels first, if any) and labels {labels.shape} differ")
     spacing_key = next(key for key in meta if key.startswith("spacing_zyx"))
     classes = meta["classes"]
     class_names = tuple(classes[str(i)] for i in range(len(classes)))
@@ -147,7 +148,12 @@ def split_axis(shape: Sequence[int]) -> int:
 
 
 def halves(array: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """The two halves of ``array`` along ``axis`` (the second gets the odd voxel)."""
+    """The two halves of ``array`` along spatial ``axis`` (the second gets the odd voxel).
+
+    ``axis`` counts from the first of the three trailing spatial axes, so a channel-first
+    (C, Z, Y, X) image is cut like its (Z, Y, X) labels.
+    """
+    axis += max(0, array.ndim - 3)
     middle = array.shape[axis] // 2
     first = [slice(None)] * array.ndim
     second = [slice(None)] * array.ndim

@@ -83,7 +83,13 @@ def feature_names(spacing: Sequence[float] | None, ndim: int = 3, sigmas: Sequen
 
 def compute_features(image: np.ndarray, spacing: Sequence[float] | None = None,
                      sigmas: Sequence[float] = ILASTIK_SIGMAS) -> np.ndarray:
-    """Feature matrix (voxels, features) float32, C order, voxels in raveled (Z, Y, X) order."""
+    """Feature matrix (voxels, features) float32, C order, voxels in raveled (Z, Y, X) order.
+
+    A (C, Z, Y, X) image (more dimensions than ``spacing`` has values) gets every
+    feature per channel, side by side, as ilastik does for multi-channel data.
+    """
+    if spacing is not None and np.ndim(image) == len(spacing) + 1:
+        return np.concatenate([compute_features(channel, spacing, sigmas) for channel in image], axis=1)
     from scipy import ndimage
 
     image = np.asarray(image, dtype=np.float32)
@@ -175,10 +181,10 @@ def run_forest(train_image: np.ndarray, annotation: np.ndarray, predict_image: n
     start = time.perf_counter()
     if predict_image is None:
         # Semi-automated: the same volume, whose features are already there.
-        predict_features, shape = train_features, train_image.shape
+        predict_features = train_features
     else:
         del train_features
-        predict_features, shape = compute_features(predict_image, spacing, sigmas), predict_image.shape
+        predict_features = compute_features(predict_image, spacing, sigmas)
     seconds["features_predict"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -192,5 +198,6 @@ def run_forest(train_image: np.ndarray, annotation: np.ndarray, predict_image: n
             proba = forest.predict_proba(predict_features[begin:begin + CHUNK_VOXELS])
             out[begin:begin + CHUNK_VOXELS] = lut[proba.argmax(axis=1)]
     seconds["predict"] = time.perf_counter() - start
-    return ForestResult(out.reshape(shape), seconds, predict_features.shape[1], int(annotated.sum()),
+    spatial = annotation.shape if predict_image is None else predict_image.shape[-annotation.ndim:]
+    return ForestResult(out.reshape(spatial), seconds, predict_features.shape[1], int(annotated.sum()),
                         joblib.cpu_count())

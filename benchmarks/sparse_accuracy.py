@@ -53,6 +53,7 @@ VOLUMES: dict[str, tuple[str, bool, tuple[int, int, int]]] = {
     "isbi2012_em": ("em", False, (30, 128, 128)),
     "totalseg_ct": ("ct", True, (64, 64, 64)),
     "plantseg_ovule": ("ovule", False, (32, 64, 64)),
+    "brats_mri_dev": ("mri", True, (64, 64, 64)),
 }
 SETTINGS = ("z", "3axis", "dense", "auto")
 METHODS = ("rf", "unet")

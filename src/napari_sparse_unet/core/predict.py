@@ -25,6 +25,7 @@ import torch
 
 from .config import ModelConfig, PredictConfig
 from .data import InputError, check_finite, label_lut
+from .sampling import _crop_with_padding
 from .tiling import _per_axis, SlabStitcher, blending_window, overlap_voxels, tile_grid
 from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
 
@@ -205,19 +206,17 @@ def choose_tile_size(
 
 
 def _read_tile(
-    image_cf: Any, start: Sequence[int], tile: Sequence[int], normalize: Callable[[np.ndarray], np.ndarray] | None
+    image_cf: Any,
+    start: Sequence[int],
+    tile: Sequence[int],
+    normalize: Callable[[np.ndarray], np.ndarray] | None,
+    halo: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """(C, *tile) float32: the image under the tile, normalised, padded where the tile passes the border."""
-    spatial = image_cf.shape[1:]
-    stop = [min(a + t, s) for a, t, s in zip(start, tile, spatial)]
-    raw = np.asarray(image_cf[(slice(None),) + tuple(slice(a, b) for a, b in zip(start, stop))])
+    """(C, *(tile + 2·halo)) float32: the image under the tile and its halo, normalised, mirrored past the border."""
+    halo = (0,) * len(tile) if halo is None else tuple(halo)
+    raw = _crop_with_padding(image_cf, [a - h for a, h in zip(start, halo)], [t + 2 * h for t, h in zip(tile, halo)], fill=None)
     x = normalize(raw) if normalize is not None else raw
-    x = np.asarray(x, dtype=np.float32)
-    pad = [(0, 0)] + [(0, t - (b - a)) for a, b, t in zip(start, stop, tile)]
-    if any(p[1] for p in pad):
-        # Pad the normalised input by mirroring; the padded outputs are cropped away.
-        x = np.pad(x, pad, mode="reflect")
-    return x
+    return np.asarray(x, dtype=np.float32)
 
 
 def iter_predict(
@@ -233,6 +232,7 @@ def iter_predict(
     normalize: Callable[[np.ndarray], np.ndarray] | None = None,
     batch_size: int = 1,
     device: str | torch.device = "cpu",
+    halo: Sequence[int] | None = None,
 ) -> Generator[PredictEvent, None, None]:
     """Predict ``image_cf`` tile by tile and write the blended result slab by slab.
 
@@ -255,6 +255,9 @@ def iter_predict(
         normalize: applied to each raw (C, *extent) tile before padding.
         batch_size: tiles per predictor call.
         device: where the batch tensor is sent before calling the predictor.
+        halo: input voxels read beyond each tile side, per axis (the network's
+            :attr:`~.model.UNet.input_halo`); the predictor maps (N, C, *(tile + 2·halo))
+            to (N, K, *tile).
     """
     spatial = tuple(int(s) for s in image_cf.shape[1:])
     tile = tuple(int(t) for t in tile_size)
@@ -278,7 +281,7 @@ def iter_predict(
     done = 0
     for first in range(0, len(grid), max(1, int(batch_size))):
         starts = grid[first : first + max(1, int(batch_size))]
-        batch = np.stack([_read_tile(image_cf, s, tile, normalize) for s in starts])
+        batch = np.stack([_read_tile(image_cf, s, tile, normalize, halo) for s in starts])
         output = predictor(torch.from_numpy(batch).to(device))
         output = output.detach().to("cpu", torch.float32).numpy()
         expected = (len(starts), num_classes, *tile)
@@ -346,6 +349,7 @@ class _ChannelFirst:
     def __init__(self, array: Any) -> None:
         self.array = array
         self.shape = (1, *tuple(int(s) for s in array.shape))
+        self.ndim = len(self.shape)
         self.dtype = array.dtype
 
     def __getitem__(self, key: tuple) -> np.ndarray:
@@ -433,6 +437,7 @@ def predict_iter(
         normalize=model.normalization.apply,
         batch_size=config.batch_size,
         device=device,
+        halo=model.model_config.input_halo,
     )
     return labels_out
 

@@ -75,8 +75,13 @@ class PatchSampler:
         normalize: (C, *patch) raw -> float32 normalised image.
         rng: the source of randomness (seed it for reproducible runs).
         augment: flips, in-plane 90° rotations, intensity scale/shift/gamma/noise.
-        elastic: the paper's smooth dense deformation (needs torch).
+        elastic: the paper's smooth dense deformation (needs torch); not with a halo.
         spacing: voxel spacing, so elastic displacements are isotropic in space.
+        halo: image voxels read beyond the patch on each side, per axis (the
+            network's filter bank consumes them): images are (C, *(patch + 2·halo)).
+        intensity_strength: scales the intensity augmentation (0 = none).
+        level_mask: when the images are filter features, which of them follow the
+            intensity level (see :func:`.filters.level_feature_mask`).
     """
 
     def __init__(
@@ -89,8 +94,14 @@ class PatchSampler:
         augment: bool = True,
         elastic: bool = False,
         spacing: Sequence[float] | None = None,
+        halo: Sequence[int] | None = None,
+        intensity_strength: float = 1.0,
+        level_mask: np.ndarray | None = None,
     ) -> None:
+        self.intensity_strength = float(intensity_strength)
+        self.level_mask = level_mask
         self.volumes = list(volumes)
+        self.halo = tuple(int(h) for h in halo) if halo is not None else (0,) * len(patch_size)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.normalize = normalize
         self.rng = rng
@@ -122,12 +133,14 @@ class PatchSampler:
             # to be right only there: pooling makes it shift-invariant only by 2^depth.
             offset = int(self.rng.integers(p // 4, p - p // 4 + 1)) if p > 1 else 0
             start.append(int(c) - offset)
-        image = self.normalize(_crop_with_padding(volume.image, start, self.patch_size, fill=None))
+        image_start = [s - h for s, h in zip(start, self.halo)]
+        image_size = [p + 2 * h for p, h in zip(self.patch_size, self.halo)]
+        image = self.normalize(_crop_with_padding(volume.image, image_start, image_size, fill=None))
         target = _crop_with_padding(volume.target, start, self.patch_size, fill=-1).astype(np.int64)
         if self.augment:
             image, target = self._geometric(image, target)
             image = self._intensity(image)
-        if self.elastic and self.rng.random() < 0.5:
+        if self.elastic and not any(self.halo) and self.rng.random() < 0.5:
             image, target = elastic_deform(image, target, self.rng, spacing=self.spacing)
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target)
 
@@ -142,26 +155,37 @@ class PatchSampler:
             if self.rng.random() < 0.5:
                 image = np.flip(image, axis + 1)
                 target = np.flip(target, axis)
-        # 90° turns in the (Y, X) plane keep the shape only for square patches.
-        turns = int(self.rng.integers(4)) if target.shape[-1] == target.shape[-2] else 2 * int(self.rng.integers(2))
+        # 90° turns in the (Y, X) plane keep the shape only for square patches (and halos).
+        square = target.shape[-1] == target.shape[-2] and image.shape[-1] == image.shape[-2]
+        turns = int(self.rng.integers(4)) if square else 2 * int(self.rng.integers(2))
         if turns:
             image = np.rot90(image, turns, axes=(-2, -1))
             target = np.rot90(target, turns, axes=(-2, -1))
         return image, target
 
     def _intensity(self, image: np.ndarray) -> np.ndarray:
+        """Random gamma, contrast, brightness and noise, scaled by ``intensity_strength`` (0 = none)."""
+        strength = self.intensity_strength
         image = np.array(image, dtype=np.float32)
+        if strength <= 0:
+            return image
+        if self.level_mask is not None:
+            # Filter features: only what keeps them the features of some image,
+            # contrast (scales all) and brightness (shifts the level features).
+            image *= float(np.exp(self.rng.uniform(-0.22, 0.22) * strength))
+            image[self.level_mask] += self.rng.uniform(-0.1, 0.1) * strength
+            return image
         for c in range(image.shape[0]):
             channel = image[c]
             if self.rng.random() < 0.3:
                 lo, hi = float(channel.min()), float(channel.max())
                 if hi > lo:
-                    gamma = float(np.exp(self.rng.uniform(np.log(0.7), np.log(1.5))))
+                    gamma = float(np.exp(self.rng.uniform(np.log(0.7), np.log(1.5)) * strength))
                     channel[...] = lo + (hi - lo) * ((channel - lo) / (hi - lo)) ** gamma
-            channel *= self.rng.uniform(0.8, 1.25)
-            channel += self.rng.uniform(-0.1, 0.1)
+            channel *= float(np.exp(self.rng.uniform(-0.22, 0.22) * strength))
+            channel += self.rng.uniform(-0.1, 0.1) * strength
             if self.rng.random() < 0.2:
-                channel += self.rng.normal(0.0, self.rng.uniform(0.0, 0.05), channel.shape).astype(np.float32)
+                channel += self.rng.normal(0.0, self.rng.uniform(0.0, 0.05) * strength, channel.shape).astype(np.float32)
         return image
 
 

@@ -31,6 +31,7 @@ from .data import (
     validate_pair,
 )
 from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
+from .filters import FEATURES_PER_SCALE, axis_sigmas, filter_volume, level_feature_mask
 from .losses import class_weights_from_counts, sparse_segmentation_loss
 from .model import build_model, choose_patch_size, plan_network
 from .sampling import PatchSampler, TrainingVolume, _crop_with_padding
@@ -38,6 +39,9 @@ from .sampling import PatchSampler, TrainingVolume, _crop_with_padding
 # Hold out a slice for validation only when this many annotated slices exist,
 # so a user who painted three slices trains on all three.
 MIN_SLICES_FOR_VALIDATION = 6
+# Filter features of the training images are computed once when they take at most this
+# much memory (float16), else every patch is filtered anew.
+FEATURE_MEMORY_BYTES = 2 * 2**30
 # A Z plane counts as painted when it holds at least this share of the most painted plane's voxels.
 PAINTED_PLANE_FRACTION = 0.25
 
@@ -132,8 +136,12 @@ class Trainer:
             self.spacing = spacing if spacing is not None else initial.spacing
         else:
             self.class_values = class_values_of(annotations)
-            self.normalization = fit_normalization(images_cf, seed=config.seed)
+            self.normalization = fit_normalization(images_cf, seed=config.seed, equalize=config.equalize)
             pool_factors, conv_kernels = plan_network(spacing, config.depth, dims)
+            if config.top_kernel == "planar" and dims == 3:
+                conv_kernels = ((1, *conv_kernels[0][1:]), *conv_kernels[1:])
+            elif config.top_kernel == "point":
+                conv_kernels = ((1,) * dims, *conv_kernels[1:])
             self.model_config = ModelConfig(
                 spatial_dims=dims,
                 in_channels=channels,
@@ -142,15 +150,25 @@ class Trainer:
                 base_channels=config.base_channels,
                 norm=config.norm,
                 conv_kernels=conv_kernels,
+                filter_sigmas=axis_sigmas(config.filter_scales, spacing, dims),
+                widths=None if config.channel_growth is None else tuple(
+                    int(round(config.base_channels * config.channel_growth**level)) for level in range(config.depth + 1)
+                ),
             )
             default_names = ["background"] + [f"class {v}" for v in self.class_values[1:]]
             self.class_names = tuple(class_names) if class_names is not None else tuple(default_names)
         if len(self.class_names) != len(self.class_values):
             raise InputError(f"got {len(self.class_names)} class names for {len(self.class_values)} classes {list(self.class_values)}")
 
+        self._annotations = annotations
         self.patch_size = self._patch_size([a.shape for a in annotations])
+        del self._annotations
         targets = [annotation_to_target(a, self.class_values).astype(np.int16) for a in annotations]
         self._validation = self._hold_out(images_cf, targets) if config.validation else None
+        self._features = self._feature_bank_fits(images_cf)
+        if self._features:
+            bank = build_model(self.model_config).filters
+            images_cf = [filter_volume(bank, self.normalization.apply(image)) for image in images_cf]
         self.volumes = [TrainingVolume(image, target) for image, target in zip(images_cf, targets)]
         self._initial = initial
         self._best_state: dict[str, torch.Tensor] | None = None
@@ -160,6 +178,18 @@ class Trainer:
         self._history: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- setup
+    def _feature_bank_fits(self, images_cf: Sequence[Any]) -> bool:
+        """Whether the filter features of every training image fit in memory, computed once.
+
+        Then each step reads features instead of filtering a haloed patch again;
+        otherwise patches carry the halo and the network filters them itself.
+        """
+        if not self.model_config.filter_sigmas:
+            return False
+        per_voxel = 2 * self.model_config.in_channels * (1 + FEATURES_PER_SCALE * len(self.model_config.filter_sigmas))
+        voxels = sum(int(np.prod(image.shape[1:])) for image in images_cf)
+        return voxels * per_voxel <= FEATURE_MEMORY_BYTES
+
     def _patch_size(self, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
         multiple = self.model_config.size_multiple()
         if self.config.patch_size is not None:
@@ -171,7 +201,18 @@ class Trainer:
                 )
             return patch
         budget = self.config.patch_voxels if len(multiple) == 3 else int(round(self.config.patch_voxels ** (2 / 3))) * 16
+        depth = self.config.plane_patch_depth
+        if depth and len(multiple) == 3 and self._painted_on_z_planes():
+            # Thin along Z, wide in-plane: most computed voxels lie on the painted plane and carry a loss.
+            depth = int(math.ceil(depth / multiple[0]) * multiple[0])
+            plane = choose_patch_size([s[1:] for s in shapes], multiple[1:], None if self.spacing is None else self.spacing[1:], budget // depth)
+            return (depth, *plane)
         return choose_patch_size(shapes, multiple, self.spacing, budget)
+
+    def _painted_on_z_planes(self) -> bool:
+        """True when the annotation lies on a minority of Z planes (a few painted slices)."""
+        painted = [np.asarray(t).reshape(t.shape[0], -1).max(axis=1) > 0 for t in self._annotations]
+        return sum(int(p.sum()) for p in painted) <= 0.5 * sum(len(p) for p in painted)
 
     def _hold_out(self, images_cf: list[Any], targets: list[np.ndarray]) -> _Validation | None:
         """Move one annotated Z slice out of the training targets, for validation Dice."""
@@ -199,7 +240,10 @@ class Trainer:
         # Only the held-out slice is scored; it sits at index z - start[0] of the crop.
         slice_target = _crop_with_padding(targets[v][z : z + 1], [0, start[1], start[2]], [1, size[1], size[2]], fill=-1)
         crop_target[z - start[0]] = slice_target[0]
-        image = self.normalization.apply(_crop_with_padding(images_cf[v], start, size, fill=None))
+        halo = self.model_config.input_halo
+        image = self.normalization.apply(
+            _crop_with_padding(images_cf[v], [s - h for s, h in zip(start, halo)], [n + 2 * h for n, h in zip(size, halo)], fill=None)
+        )
         targets[v][z] = -1
         if not any((t >= 0).any() for t in targets):
             return None
@@ -277,11 +321,14 @@ class Trainer:
             self.volumes,
             self.patch_size,
             len(self.class_values),
-            normalize=self.normalization.apply,
+            normalize=_as_float32 if self._features else self.normalization.apply,
             rng=rng,
             augment=config.augment,
             elastic=config.elastic,
             spacing=self.spacing,
+            halo=(0,) * self.model_config.spatial_dims if self._features else self.model_config.input_halo,
+            intensity_strength=config.intensity_augment,
+            level_mask=level_feature_mask(self.model_config.in_channels, len(self.model_config.filter_sigmas)) if self._features else None,
         )
         weights = torch.from_numpy(class_weights_from_counts(sampler.class_counts, config.max_class_weight)).to(device)
         optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -305,7 +352,7 @@ class Trainer:
                 y_t = torch.from_numpy(y).to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device, amp_dtype):
-                    logits = network(x_t)
+                    logits = network.classify(x_t) if self._features else network(x_t)
                 loss = sparse_segmentation_loss(logits, y_t, weights, config.dice_weight)
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
@@ -337,6 +384,8 @@ class Trainer:
                     val_dice=val_dice,
                 )
             finished = True
+            if config.recalibrate_norm:
+                _recalibrate_batch_norm(network, sampler, config.batch_size, device, memory_format, self._features)
         finally:
             # Runs on normal end and when the caller closes the generator (cancel).
             if finished:
@@ -370,6 +419,32 @@ class Trainer:
         if step < self.config.warmup_steps:
             return base * (step + 1) / (self.config.warmup_steps + 1)
         return base * max(1.0 - progress, 0.02) ** 0.9
+
+
+@torch.no_grad()
+def _recalibrate_batch_norm(network, sampler, batch_size, device, memory_format, features, batches: int = 16) -> None:
+    """Batch-norm running statistics as the plain average over fresh training batches ("precise BN").
+
+    During training they are an exponential average over a few recent, noisy
+    batches of weights that kept changing; prediction uses them for every tile.
+    """
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    for _ in range(batches):
+        x, _ = sampler.batch(batch_size)
+        x_t = torch.from_numpy(x).to(device).contiguous(memory_format=memory_format)
+        network.classify(x_t) if features else network(x_t)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+def _as_float32(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array, dtype=np.float32)
 
 
 def dice_on_annotated(predicted: np.ndarray, target: np.ndarray, num_classes: int) -> float:
