@@ -37,7 +37,9 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from .. import _layers
-from ._jobs import PredictJob, PredictResult, Preview, TrainJob, ViewedSlice
+from ..core.annotation import AnnotationCounter, AnnotationStats
+from ..core.jobs import PredictJob, PredictResult, Preview, TrainJob, ViewedSlice
+from ..core.rules import parse_patch_size
 
 if TYPE_CHECKING:
     import napari
@@ -57,27 +59,6 @@ def _notify(kind: str, message: str) -> None:
     getattr(notifications, f"show_{kind}")(message)
 
 
-def parse_patch_size(text: str, spatial_dims: int) -> tuple[int, ...] | None:
-    """'auto' / '' -> None; '48' -> isotropic; '16, 64, 64' or '16x64x64' -> a tuple.
-
-    Raises:
-        ValueError: with a message naming the text.
-    """
-    text = text.strip().lower()
-    if text in ("", "auto"):
-        return None
-    parts = [p for p in text.replace("×", ",").replace("x", ",").replace(" ", ",").split(",") if p]
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"patch size {text!r} is not 'auto' or whole numbers like 32,64,64") from None
-    if len(values) == 1:
-        values = values * spatial_dims
-    if len(values) != spatial_dims or min(values) < 1:
-        raise ValueError(f"patch size {text!r} needs {spatial_dims} positive numbers for {spatial_dims}-D images")
-    return values
-
-
 class SparseUNetWidget(QWidget):
     """Dock widget: train a 3D U-Net on a few painted slices and predict whole volumes."""
 
@@ -93,8 +74,8 @@ class SparseUNetWidget(QWidget):
         self._job_annotation: Any = None
         self._val_dice: float | None = None
         self._view = ViewedSlice()
-        self._counter = _layers.AnnotationCounter()
-        self._stats: _layers.AnnotationStats | None = None
+        self._counter = AnnotationCounter()
+        self._stats: AnnotationStats | None = None
         self._watched: Any = None  # the annotation layer whose events feed the counter
         self._filtered_window: weakref.ref[QObject] | None = None
         self._shut_down = False
@@ -420,7 +401,7 @@ class SparseUNetWidget(QWidget):
             for event, slot in self._annotation_slots(old):
                 event.disconnect(slot)
         self._watched = layer
-        self._counter = _layers.AnnotationCounter()
+        self._counter = AnnotationCounter()
         if layer is not None:
             for event, slot in self._annotation_slots(layer):
                 event.connect(slot)
@@ -463,7 +444,7 @@ class SparseUNetWidget(QWidget):
     def _schedule_stats(self) -> None:
         self._stats_timer.start()
 
-    def update_stats(self) -> _layers.AnnotationStats | None:
+    def update_stats(self) -> AnnotationStats | None:
         """Recount what changed in the annotation and show it; returns the statistics."""
         self._stats_timer.stop()
         layer = self.annotation_layer
@@ -485,7 +466,7 @@ class SparseUNetWidget(QWidget):
         self._update_buttons()
         return self._stats
 
-    def _stats_html(self, stats: _layers.AnnotationStats, layer: Any) -> str:
+    def _stats_html(self, stats: AnnotationStats, layer: Any) -> str:
         names = dict(zip(stats.class_values, _layers.class_names_of(layer, stats.class_values)))
         if self.model is not None and not layer.metadata.get("class_names"):
             names.update(zip(self.model.class_values, self.model.class_names))
@@ -679,7 +660,7 @@ class SparseUNetWidget(QWidget):
                 initial = self.model
         self._val_dice = None
         job = TrainJob(
-            image.data, annotation, config,
+            [image.data], [annotation], config,
             spacing=image.scale,
             initial=initial, view=self._view, preview_interval=self.preview_spin.value(),
             class_names=_layers.class_names_of(annotation_layer, stats.class_values),
@@ -691,7 +672,7 @@ class SparseUNetWidget(QWidget):
                     yielded=self._on_train_yielded, returned=self._on_train_returned)
         return True
 
-    def _cannot_finetune(self, image: _layers.ImageSnapshot, stats: _layers.AnnotationStats) -> str | None:
+    def _cannot_finetune(self, image: _layers.ImageSnapshot, stats: AnnotationStats) -> str | None:
         model = self.model
         assert model is not None
         if model.spatial_dims != image.spatial_dims or model.in_channels != image.channels:
@@ -825,8 +806,8 @@ class SparseUNetWidget(QWidget):
         what = "Training" if isinstance(self._job, TrainJob) else "Prediction"
         self._set_status(f"{what} failed: {message}")
         _notify("error", f"{what} failed: {message}")
-        if isinstance(self._job, TrainJob) and self._job.trainer is not None:
-            best = self._job.trainer.best_model
+        if isinstance(self._job, TrainJob):
+            best = self._job.best_model
             if best is not None:
                 self.model = best
                 self._show_model()
@@ -841,8 +822,8 @@ class SparseUNetWidget(QWidget):
             except ValueError:  # still executing in the worker: it stops at its next step anyway
                 if job is not None:
                     job.stop()
-        if isinstance(job, TrainJob) and job.trainer is not None and job.trainer.best_model is not None:
-            self.model = job.trainer.best_model
+        if isinstance(job, TrainJob) and job.best_model is not None:
+            self.model = job.best_model
             self._show_model()
         self._set_status("Stopped.")
 

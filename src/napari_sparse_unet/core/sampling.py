@@ -42,7 +42,7 @@ def _reflect_indices(start: int, size: int, dim: int) -> np.ndarray:
     return np.where(index < dim, index, period - index)
 
 
-def _crop_with_padding(array: Any, start: Sequence[int], size: Sequence[int], fill: float | None) -> np.ndarray:
+def crop_with_padding(array: Any, start: Sequence[int], size: Sequence[int], fill: float | None) -> np.ndarray:
     """array[..., start:start+size] over the trailing spatial axes, padded where it leaves the array.
 
     ``fill`` None pads by reflection, else with the constant.  Only the needed
@@ -122,8 +122,8 @@ class PatchSampler:
             # to be right only there: pooling makes it shift-invariant only by 2^depth.
             offset = int(self.rng.integers(p // 4, p - p // 4 + 1)) if p > 1 else 0
             start.append(int(c) - offset)
-        image = self.normalize(_crop_with_padding(volume.image, start, self.patch_size, fill=None))
-        target = _crop_with_padding(volume.target, start, self.patch_size, fill=-1).astype(np.int64)
+        image = self.normalize(crop_with_padding(volume.image, start, self.patch_size, fill=None))
+        target = crop_with_padding(volume.target, start, self.patch_size, fill=-1).astype(np.int64)
         if self.augment:
             image, target = self._geometric(image, target)
             image = self._intensity(image)
