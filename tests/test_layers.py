@@ -48,11 +48,13 @@ def test_image_snapshot_axis_conventions():
 
 def test_annotation_copy_is_independent_and_shape_checked():
     layer = napari_layers.Labels(np.zeros((4, 5, 6), np.uint8), name="ann")
-    copy = _layers.annotation_copy(layer, (4, 5, 6))
+    fitting = _layers.image_snapshot(napari_layers.Image(np.zeros((4, 5, 6)), name="img"))
+    copy = _layers.annotation_copy(layer, fitting)
     copy[0, 0, 0] = 9
     assert layer.data[0, 0, 0] == 0
+    other = _layers.image_snapshot(napari_layers.Image(np.zeros((4, 5, 7)), name="img"))
     with pytest.raises(_layers.LayerError, match="'ann' has shape"):
-        _layers.annotation_copy(layer, (4, 5, 7))
+        _layers.annotation_copy(layer, other)
 
 
 def test_copy_slice_keeps_painted_voxels_maps_background_and_undoes():

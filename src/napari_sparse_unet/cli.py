@@ -25,10 +25,10 @@ import numpy as np
 from . import __version__
 from .core.config import PRESETS, PredictConfig, TrainConfig
 from .core.errors import InputError, UserInputError
-from .core.generators import run_to_end
 from .core.jobs import PredictJob, TrainJob
 from .core.presets import default_preset
 from .core.rules import DEVICE_NAMES, annotation_shape_problem, model_image_problem, parse_patch_size
+from ._cli_progress import run_prediction, run_training
 from .io import SUFFIXES, create_output, read_volume_with_spacing, volume_format
 
 if TYPE_CHECKING:
@@ -66,49 +66,6 @@ def _check_output_path(path: str | None, option: str) -> None:
         raise UsageError(f"{option} {path!r}: folder {str(target.parent)!r} does not exist")
     if target.is_dir() and not target.name.lower().endswith(".zarr"):
         raise UsageError(f"{option} {path!r} is a folder")
-
-
-def _progress(total: int, desc: str, unit: str, quiet: bool, **kwargs: Any) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, desc=desc, unit=unit, file=sys.stderr, disable=quiet, mininterval=0.5, dynamic_ncols=True, **kwargs
-    )
-
-
-def _prediction_progress(bar: Any) -> Any:
-    def progress(event: Any) -> None:
-        bar.total = event.tiles_total
-        bar.update(event.tiles_done - bar.n)
-
-    return progress
-
-
-def _run_training(job: TrainJob, quiet: bool) -> tuple[SegmentationModel, bool]:
-    """Run the job with a progress bar.  Returns (model, interrupted).
-
-    Ctrl-C stops training at the next step and keeps the best model so far.
-    """
-    # Percent of the budget, not steps: a time limit usually ends training first.
-    bar = _progress(100, "training", "%", quiet, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
-    shown: dict[str, str] = {}
-
-    def show(event: Any) -> None:
-        shown.update(step=str(event.step), loss=f"{event.loss:.3f}")
-        if event.val_dice is not None:
-            shown["val_dice"] = f"{event.val_dice:.3f}"
-        bar.set_postfix(shown, refresh=False)
-        bar.update(round(100 * event.progress, 1) - bar.n)
-
-    try:
-        return run_to_end(job.run(), show), False
-    except KeyboardInterrupt:
-        model = job.best_model  # the trainer's generator was closed on the way out: its best model is kept
-        if model is None:
-            raise
-        return model, True
-    finally:
-        bar.close()
 
 
 # --------------------------------------------------------------------------- train
@@ -185,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"up to {config.max_steps} steps" + (f" or {config.max_time:g} s" if config.max_time else ""),
     )
     start = time.perf_counter()
-    model, interrupted = _run_training(job, args.quiet)
+    model, interrupted = run_training(job, args.quiet)
     model.save(args.model)
     steps = model.history.get("steps", "?")
     what = "interrupted; saved the best model so far" if interrupted else "saved model"
@@ -247,9 +204,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             probabilities_out = stack.enter_context(
                 create_output(args.probabilities, (model.num_classes, *spatial), np.float32, like=args.image, spacing=spacing)
             )
-        bar = stack.enter_context(contextlib.closing(_progress(1, "predicting", "tile", args.quiet)))
-        job = PredictJob(model, image, config, labels_out=labels_out, probabilities_out=probabilities_out)
-        run_to_end(job.run(), _prediction_progress(bar))
+        run_prediction(PredictJob(model, image, config, labels_out=labels_out, probabilities_out=probabilities_out), args.quiet)
     written = f" and {args.probabilities}" if args.probabilities else ""
     print(f"wrote {args.out}{written} ({_fmt_shape(spatial)}, {time.perf_counter() - start:.1f} s, "
           f"{device} {precision_name(device, config.mixed_precision)})")
@@ -292,7 +247,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     sys.stdout.flush()
     t0 = time.perf_counter()
-    model, interrupted = _run_training(job, args.quiet)
+    model, interrupted = run_training(job, args.quiet)
     t_train = time.perf_counter() - t0
     steps = model.history.get("steps", "?")
     print(f"trained {steps} steps in {t_train:.1f} s" + (" (interrupted)" if interrupted else ""))
@@ -300,8 +255,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     predict_config = PredictConfig(device=args.device)
-    with contextlib.closing(_progress(1, "predicting", "tile", args.quiet)) as bar:
-        prediction = run_to_end(PredictJob(model, image, predict_config).run(), _prediction_progress(bar)).labels
+    prediction = run_prediction(PredictJob(model, image, predict_config), args.quiet).labels
     t_predict = time.perf_counter() - t0
     precision = precision_name(trainer.device, predict_config.mixed_precision)
     print(f"predicted {_fmt_shape(prediction.shape)} in {t_predict:.1f} s ({precision})")
@@ -355,7 +309,9 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, command: Any) -> None:
+    """Options every command has, and the function that runs the command."""
+    parser.set_defaults(func=command)
     parser.add_argument("--device", choices=DEVICE_NAMES, default="auto",
                         help="where to run (default: auto = cuda, else mps, else cpu)")
     parser.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for torch (default: torch's choice)")
@@ -374,21 +330,32 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                         "(default: chosen from spacing and the preset)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Dense 3D segmentation from a few painted slices: train a 3D U-Net on sparse "
-        "annotations and predict whole volumes.",
-        epilog=f"Volume formats: {', '.join(SUFFIXES)} (a .zarr folder). Annotations: 0 = not painted, "
-        "1 = background, 2.. = classes. Run '%(prog)s COMMAND --help' for a command's options.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+# Command -> (one-line help, description of its --help page).
+COMMANDS = {
+    "train": (
+        "train a model on images and their sparse annotations",
+        "Train a 3D U-Net on images and sparse annotations (0 = not painted, 1 = background, 2.. = classes).",
+    ),
+    "predict": (
+        "segment a whole volume with a trained model",
+        "Segment a volume with a trained model. The output holds 0 for background and "
+        "the painted value of each class elsewhere.",
+    ),
+    "demo": (
+        "train and predict on the generated sample; print Dice and times",
+        "Generate the sample volume with 4 painted slices, train briefly, predict the whole "
+        "volume and report Dice against its ground truth on the voxels that were not painted.",
+    ),
+}
 
-    train = commands.add_parser(
-        "train", help="train a model on images and their sparse annotations",
-        description="Train a 3D U-Net on images and sparse annotations (0 = not painted, 1 = background, 2.. = classes).",
-    )
+
+def _command(commands: Any, name: str) -> argparse.ArgumentParser:
+    summary, description = COMMANDS[name]
+    return commands.add_parser(name, help=summary, description=description)
+
+
+def _add_train_command(commands: Any) -> None:
+    train = _command(commands, "train")
     train.add_argument("--image", action="append", required=True, metavar="IMG",
                        help="image volume (Z, Y, X) or (C, Z, Y, X); repeat for several, each with its --labels")
     train.add_argument("--labels", action="append", required=True, metavar="ANNOT",
@@ -400,38 +367,47 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--class-names", nargs="+", metavar="NAME",
                        help="names of the annotation values in order, starting with background (value 1)")
     _add_training_options(train)
-    _add_common(train)
-    train.set_defaults(func=cmd_train)
+    _add_common(train, cmd_train)
 
-    pred = commands.add_parser(
-        "predict", help="segment a whole volume with a trained model",
-        description="Segment a volume with a trained model. The output holds 0 for background and "
-        "the painted value of each class elsewhere.",
-    )
+
+def _add_predict_command(commands: Any) -> None:
+    """The predict command; options that shape prediction go to :func:`_predict_config`."""
+    pred = _command(commands, "predict")
     pred.add_argument("--model", required=True, metavar="MODEL.pt", help="a model saved by 'train' or the napari widget")
     pred.add_argument("--image", required=True, metavar="IMG", help="volume to segment")
     pred.add_argument("--out", required=True, metavar="OUT", help="labels output (.tif, .npy, .nii.gz, .zarr)")
     pred.add_argument("--probabilities", metavar="OUT", help="also write class probabilities (K, Z, Y, X) float32")
-    pred.add_argument("--overlap", type=_fraction, default=0.25, metavar="F", help="overlap of neighbouring tiles as a fraction of the model's training patch (default: 0.25)")
+    pred.add_argument("--overlap", type=_fraction, default=0.25, metavar="F",
+                      help="overlap of neighbouring tiles as a fraction of the model's training patch (default: 0.25)")
     pred.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation; slower)")
     pred.add_argument("--tile-size", type=_positive_int, nargs="+", metavar="N",
                       help="tile Z Y X (default: the tiling that computes the fewest voxels within the memory budget)")
     pred.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="tiles per batch (default: 1)")
-    _add_common(pred)
-    pred.set_defaults(func=cmd_predict)
+    _add_common(pred, cmd_predict)
 
-    demo = commands.add_parser(
-        "demo", help="train and predict on the generated sample; print Dice and times",
-        description="Generate the sample volume with 4 painted slices, train briefly, predict the whole "
-        "volume and report Dice against its ground truth on the voxels that were not painted.",
-    )
+
+def _add_demo_command(commands: Any) -> None:
+    demo = _command(commands, "demo")
     _add_training_options(demo)
     demo.set_defaults(max_time=90.0)
     demo.add_argument("--shape", type=_positive_int, nargs=3, default=(40, 128, 128), metavar=("Z", "Y", "X"),
                       help="size of the generated volume (default: 40 128 128)")
     demo.add_argument("--out-dir", metavar="DIR", help="also save the volumes (.tif) and the model there")
-    _add_common(demo)
-    demo.set_defaults(func=cmd_demo)
+    _add_common(demo, cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Dense 3D segmentation from a few painted slices: train a 3D U-Net on sparse "
+        "annotations and predict whole volumes.",
+        epilog=f"Volume formats: {', '.join(SUFFIXES)} (a .zarr folder). Annotations: 0 = not painted, "
+        "1 = background, 2.. = classes. Run '%(prog)s COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in (_add_train_command, _add_predict_command, _add_demo_command):
+        add_command(commands)
     return parser
 
 

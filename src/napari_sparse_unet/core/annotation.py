@@ -24,6 +24,7 @@ class AnnotationStats:
     voxels: dict[int, int] = field(default_factory=dict)
     slices: dict[int, int] = field(default_factory=dict)  # value -> number of Z slices holding it (3-D only)
     annotated_slices: int = 0  # Z slices holding any annotation (3-D only)
+    total_slices: int = 0  # Z slices in the volume (3-D only)
 
     @property
     def class_values(self) -> tuple[int, ...]:
@@ -116,4 +117,5 @@ class AnnotationCounter:
                 slices[value] = slices.get(value, 0) + 1
         if self._ndim != 3:
             slices, annotated = {}, 0
-        return AnnotationStats(ndim=self._ndim, voxels=voxels, slices=slices, annotated_slices=annotated)
+        total = len(self._per_slice) if self._ndim == 3 else 0
+        return AnnotationStats(ndim=self._ndim, voxels=voxels, slices=slices, annotated_slices=annotated, total_slices=total)
