@@ -77,7 +77,7 @@ def ensure_prediction_layer(
 def write_preview(layer: Labels, region: tuple[slice, ...], labels: np.ndarray) -> None:
     """Write a preview block (the shape of ``region``) into the prediction layer."""
     layer.data[region] = labels
-    layer.refresh()
+    layer.refresh(extent=False, highlight=False)  # the extent is unchanged: only the shown slice is redone
 
 
 def show_probabilities(

@@ -148,6 +148,11 @@ class ProgressPanel(QWidget):
         layout.addWidget(self.progress_bar)
         self.loss_label = QLabel("")
         layout.addWidget(self.loss_label)
+        # Room for two status lines and one step line from the start: a label that grows
+        # re-lays out the window, and napari redraws its canvas for it (a stall while training).
+        line = self.fontMetrics().lineSpacing()
+        self.status_label.setMinimumHeight(2 * line)
+        self.loss_label.setMinimumHeight(line)
         self._val_dice: float | None = None
 
     def start(self, status: str) -> None:

@@ -114,7 +114,6 @@ class SparseUNetWidget(QWidget):
         self._update_buttons()
 
     def _detect_devices(self) -> None:
-        # Importing torch takes seconds: do it off the main thread.
         from napari.qt.threading import create_worker
 
         create_worker(_available_devices, _connect={"returned": self._on_devices, "errored": self._on_devices_failed})
@@ -327,6 +326,9 @@ class SparseUNetWidget(QWidget):
 
 
 def _available_devices() -> tuple[str, ...]:
+    """Import the engine (seconds: torch) off the main thread; return the devices it can use."""
     from ..core.device import available_devices
+    from ..core.jobs import import_engine
 
+    import_engine()
     return tuple(available_devices())

@@ -103,6 +103,21 @@ def preview_region(
     return tuple(region)
 
 
+def import_engine() -> None:
+    """Import torch and the engine now, so that the first job does not pay for it.
+
+    A GUI calls this in a background thread when it opens.  Besides torch
+    itself, torch's first optimizer imports its compiler stack (seconds of
+    imports, which hold the GIL in bursts of up to a few hundred ms); made
+    here, a throwaway optimizer moves that out of the first training.
+    """
+    import torch
+
+    from . import predict, train  # noqa: F401
+
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+
+
 class Job:
     """Work that runs as a generator and can be stopped from another thread."""
 
