@@ -50,6 +50,11 @@ def fits_image(annotation: Labels | None, image: Image, first_axis_is_channel: b
     return annotation is not None and tuple(annotation.data.shape) == spatial_shape_of(image, first_axis_is_channel)
 
 
+def in_viewer(viewer: napari.Viewer, layer: Any) -> bool:
+    """Whether ``layer`` is (still) one of the viewer's layers."""
+    return layer is not None and layer in viewer.layers
+
+
 def image_layer_named(viewer: napari.Viewer, name: str) -> Image | None:
     return next((layer for layer in image_layers(viewer) if layer.name == name), None)
 

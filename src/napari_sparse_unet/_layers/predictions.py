@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .images import ImageSnapshot
+from .images import ImageSnapshot, spatial_shape_of
 
 if TYPE_CHECKING:  # napari only for type hints: importing this stays cheap
     import napari
@@ -60,6 +60,11 @@ def show_prediction(
         layer.data = labels
     _copy_colormap(layer, annotation)
     return layer
+
+
+def prediction_of(viewer: napari.Viewer, image: Image, first_axis_is_channel: bool = False) -> tuple[str, Labels | None]:
+    """(name of ``image``, the prediction layer made for it or None)."""
+    return image.name, find_prediction_layer(viewer, image.name, spatial_shape_of(image, first_axis_is_channel))
 
 
 def ensure_prediction_layer(

@@ -71,16 +71,22 @@ class DataPanel(QGroupBox):
     @property
     def image_layer(self) -> Any:
         layer = self.image_picker.value
-        return layer if layer is not None and layer in self.viewer.layers else None
+        return layer if _layers.in_viewer(self.viewer, layer) else None
 
     @property
     def annotation_layer(self) -> Any:
         layer = self.annotation_picker.value
-        return layer if layer is not None and layer in self.viewer.layers else None
+        return layer if _layers.in_viewer(self.viewer, layer) else None
 
     @property
     def first_axis_is_channel(self) -> bool:
         return self.channel_first_check.isChecked()
+
+    def set_busy(self, busy: bool) -> None:
+        """While a job runs, the layers it reads stay picked (New stays available)."""
+        for widget in (self.image_picker.native, self.annotation_picker.native, self.channel_first_check):
+            widget.setEnabled(not busy)
+        self.new_annotation_button.setEnabled(self.image_layer is not None)
 
     def set_annotation_layer(self, layer: Any) -> None:
         self.annotation_picker.value = layer
@@ -92,7 +98,7 @@ class DataPanel(QGroupBox):
         try:
             self.image_picker.reset_choices()
             self.annotation_picker.reset_choices()
-            image = image if image in self.viewer.layers else _layers.preferred_image(self.viewer)
+            image = image if _layers.in_viewer(self.viewer, image) else _layers.preferred_image(self.viewer)
             if image is not None:
                 self.image_picker.value = image
             if annotation is None:

@@ -104,7 +104,7 @@ class SparseUNetWidget(QWidget):
         self.prediction.copy_button.setEnabled(not busy and image and annotation)
         self.model_panel.save_button.setEnabled(not busy and self.model is not None)
         self.model_panel.load_button.setEnabled(not busy)
-        self.data.setEnabled(not busy)
+        self.data.set_busy(busy)
 
     def _set_model(self, model: Any) -> None:
         self.model = model
@@ -279,10 +279,9 @@ class SparseUNetWidget(QWidget):
         if image_layer is None or annotation is None:
             notify("error", "Pick the image and the annotation layer first.")
             return 0
-        shape = _layers.spatial_shape_of(image_layer, self.data.first_axis_is_channel)
-        prediction = _layers.find_prediction_layer(self.viewer, image_layer.name, shape)
+        image_name, prediction = _layers.prediction_of(self.viewer, image_layer, self.data.first_axis_is_channel)
         if prediction is None:
-            notify("error", f"There is no prediction of '{image_layer.name}' yet: press Predict first.")
+            notify("error", f"There is no prediction of '{image_name}' yet: press Predict first.")
             return 0
         view = _layers.viewed_slice(self.viewer, prediction)
         axis, index = view if view is not None else (None, 0)
