@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sparse_unet.core.checkpoint import CheckpointError, SegmentationModel, load_model
+from napari_sparse_unet.core.checkpoint import SegmentationModel, load_network
+from napari_sparse_unet.core.errors import CheckpointError
 from napari_sparse_unet.core.config import ModelConfig, TrainConfig
 from napari_sparse_unet.core.data import Normalization
 from napari_sparse_unet.core.model import build_model
@@ -45,7 +46,7 @@ def test_round_trip_keeps_everything(tmp_path, model):
 
 def test_load_model_gives_network_and_normalisation(tmp_path, model):
     model.save(tmp_path / "m.pt")
-    network, normalization = load_model(tmp_path / "m.pt")
+    network, normalization = load_network(tmp_path / "m.pt")
     assert isinstance(network, torch.nn.Module) and not network.training
     assert normalization == model.normalization
 

@@ -4,16 +4,23 @@ import numpy as np
 import pytest
 
 from napari_sparse_unet.core.data import (
-    InputError,
     Normalization,
+    annotation_counts,
     annotation_to_target,
-    as_channel_first,
     check_finite,
-    class_values_of,
     fit_normalization,
     label_lut,
-    validate_pair,
 )
+from napari_sparse_unet.core.errors import InputError
+from napari_sparse_unet.core.rules import as_channel_first, check_training_pair, painted_values
+
+
+def validate_pair(image, annotation):
+    return check_training_pair(image, annotation)[:2]
+
+
+def class_values_of(annotations):
+    return painted_values([annotation_counts(a) for a in annotations])
 
 
 def _ann(shape=(4, 5, 6), values=(1, 2)):

@@ -15,78 +15,8 @@ import numpy as np
 import pytest
 
 from napari_sparse_unet import _layers
-from napari_sparse_unet._qt._jobs import ViewedSlice, preview_region
-from napari_sparse_unet._qt.widget import parse_patch_size
 
 napari_layers = pytest.importorskip("napari.layers")
-
-
-def _brute_stats(data: np.ndarray) -> tuple[dict[int, int], dict[int, int], int]:
-    voxels = {int(v): int((data == v).sum()) for v in np.unique(data) if v != 0}
-    slices = {v: int(sum((data[z] == v).any() for z in range(data.shape[0]))) for v in voxels}
-    annotated = int(sum(data[z].any() for z in range(data.shape[0])))
-    return voxels, slices, annotated
-
-
-def test_counter_full_then_incremental_matches_a_recount(rng):
-    data = np.zeros((20, 16, 16), np.uint8)
-    data[3, 2:6, 2:6] = 1
-    data[3, 8:10, 8:12] = 2
-    data[11] = rng.integers(0, 4, (16, 16))
-    counter = _layers.AnnotationCounter()
-    stats = counter.update(data)
-    assert (stats.voxels, stats.slices, stats.annotated_slices) == _brute_stats(data)
-
-    # A stroke on slice 15 and an erase on slice 3: only those slices are marked.
-    data[15, 0:3, 0:3] = 3
-    data[3] = 0
-    counter.mark_slices([15])
-    counter.mark_range(3, 4)
-    stats = counter.update(data)
-    assert (stats.voxels, stats.slices, stats.annotated_slices) == _brute_stats(data)
-    assert not counter.pending
-
-
-def test_counter_only_recounts_marked_slices():
-    data = np.zeros((4, 8, 8), np.uint8)
-    counter = _layers.AnnotationCounter()
-    counter.update(data)
-    data[2, 0, 0] = 1  # not marked: the counter must not have looked
-    assert counter.update(data).voxels == {}
-    counter.mark_slices([2])
-    assert counter.update(data).voxels == {1: 1}
-
-
-def test_counter_2d_has_no_slices():
-    data = np.zeros((10, 12), np.uint16)
-    data[1, 1] = 1
-    data[5, 2:4] = 300
-    stats = _layers.AnnotationCounter().update(data)
-    assert stats.voxels == {1: 1, 300: 2}
-    assert stats.slices == {} and stats.ndim == 2
-
-
-@pytest.mark.parametrize(
-    ("voxels", "expected"),
-    [
-        ({}, "nothing painted"),
-        ({2: 10}, "paint some background (label 1) too"),
-        ({1: 10}, "paint at least one class"),
-        ({1: 10, 2: 3}, None),
-        ({-1: 2, 1: 3, 2: 3}, "≥ 0"),
-    ],
-)
-def test_stats_problem_says_what_is_missing(voxels, expected):
-    problem = _layers.AnnotationStats(ndim=3, voxels=voxels, annotated_slices=2).problem()
-    if expected is None:
-        assert problem is None
-    else:
-        assert expected in problem
-
-
-def test_stats_hint_for_a_single_slice():
-    stats = _layers.AnnotationStats(ndim=3, voxels={1: 5, 2: 5}, annotated_slices=1)
-    assert stats.problem() is None and "more slices" in stats.hint()
 
 
 def test_dirty_slices_of_paint_events():
@@ -118,11 +48,13 @@ def test_image_snapshot_axis_conventions():
 
 def test_annotation_copy_is_independent_and_shape_checked():
     layer = napari_layers.Labels(np.zeros((4, 5, 6), np.uint8), name="ann")
-    copy = _layers.annotation_copy(layer, (4, 5, 6))
+    fitting = _layers.image_snapshot(napari_layers.Image(np.zeros((4, 5, 6)), name="img"))
+    copy = _layers.annotation_copy(layer, fitting)
     copy[0, 0, 0] = 9
     assert layer.data[0, 0, 0] == 0
+    other = _layers.image_snapshot(napari_layers.Image(np.zeros((4, 5, 7)), name="img"))
     with pytest.raises(_layers.LayerError, match="'ann' has shape"):
-        _layers.annotation_copy(layer, (4, 5, 7))
+        _layers.annotation_copy(layer, other)
 
 
 def test_copy_slice_keeps_painted_voxels_maps_background_and_undoes():
@@ -151,44 +83,6 @@ def test_copy_slice_other_axis_and_shape_mismatch():
     assert (annotation.data[:, :, 4] == 2).all() and not annotation.data[:, :, :4].any()
     with pytest.raises(_layers.LayerError, match="differ in shape"):
         _layers.copy_slice_to_annotation(prediction, napari_layers.Labels(np.zeros((3, 4, 4), np.uint8)), 0, 0)
-
-
-@pytest.mark.parametrize(
-    ("shape", "view", "depth", "expected"),
-    [
-        ((20, 8, 8), (0, 10), 4, (slice(8, 12), slice(0, 8), slice(0, 8))),
-        ((20, 8, 8), (0, 0), 4, (slice(0, 4), slice(0, 8), slice(0, 8))),
-        ((20, 8, 8), (0, 19), 4, (slice(16, 20), slice(0, 8), slice(0, 8))),
-        ((20, 8, 8), (2, 5), 3, (slice(0, 20), slice(0, 8), slice(4, 7))),
-        ((3, 8, 8), (0, 1), 16, (slice(0, 3), slice(0, 8), slice(0, 8))),  # patch deeper than the volume
-        ((20, 8, 8), None, 4, (slice(8, 12), slice(0, 8), slice(0, 8))),
-        ((8, 8), None, 4, (slice(0, 8), slice(0, 8))),
-    ],
-)
-def test_preview_region(shape, view, depth, expected):
-    assert preview_region(shape, view, depth) == expected
-
-
-def test_viewed_slice_holder():
-    holder = ViewedSlice()
-    assert holder.get() is None
-    holder.set((0, 3))
-    assert holder.get() == (0, 3)
-
-
-@pytest.mark.parametrize(
-    ("text", "dims", "expected"),
-    [("auto", 3, None), ("", 3, None), ("48", 3, (48, 48, 48)), ("16, 64,64", 3, (16, 64, 64)),
-     ("16x32x32", 3, (16, 32, 32)), ("64", 2, (64, 64))],
-)
-def test_parse_patch_size(text, dims, expected):
-    assert parse_patch_size(text, dims) == expected
-
-
-@pytest.mark.parametrize("text", ["big", "16,16", "0,8,8"])
-def test_parse_patch_size_rejects(text):
-    with pytest.raises(ValueError, match="patch size"):
-        parse_patch_size(text, 3)
 
 
 def test_importing_the_widget_does_not_import_torch():

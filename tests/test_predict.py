@@ -10,13 +10,14 @@ import zarr
 from napari_sparse_unet.core import predict as predict_module
 from napari_sparse_unet.core.checkpoint import SegmentationModel
 from napari_sparse_unet.core.config import ModelConfig, PredictConfig, TrainConfig
-from napari_sparse_unet.core.data import InputError, Normalization, label_lut
+from napari_sparse_unet.core.data import Normalization, label_lut
+from napari_sparse_unet.core.errors import InputError
 from napari_sparse_unet.core.model import build_model
 from napari_sparse_unet.core.predict import (
     PredictEvent,
     choose_tile_size,
     estimate_tile_bytes,
-    iter_predict,
+    sliding_window_predict,
     make_predictor,
     predict,
     predict_iter,
@@ -72,7 +73,7 @@ def test_pointwise_predictor_is_reproduced_exactly(shape, tile, overlap, batch, 
     probabilities = np.zeros((classes, *shape), np.float32)
     labels = np.zeros(shape, np.uint8)
     events = run(
-        iter_predict(
+        sliding_window_predict(
             mixing_predictor(weights, bias),
             image,
             num_classes=classes,
@@ -94,7 +95,7 @@ def test_identity_with_normalisation_and_integer_input():
     image = np.arange(2 * 9 * 10, dtype=np.uint16).reshape(2, 9, 10)
     out = np.zeros((2, 9, 10), np.float32)
     normalize = lambda x: (x.astype(np.float32) - 3.0) / 50.0  # noqa: E731
-    run(iter_predict(lambda x: x, image, num_classes=2, tile_size=(4, 4), overlap=0.5, probabilities_out=out, normalize=normalize))
+    run(sliding_window_predict(lambda x: x, image, num_classes=2, tile_size=(4, 4), overlap=0.5, probabilities_out=out, normalize=normalize))
     np.testing.assert_allclose(out, normalize(image), rtol=1e-6)
 
 
@@ -115,7 +116,7 @@ def test_labels_go_through_the_lut_into_numpy_and_zarr():
     as_zarr = zarr.zeros(shape=classes.shape, chunks=(2, 7, 6), dtype="uint8", store={})
     probabilities = zarr.zeros(shape=(3, *classes.shape), chunks=(3, 2, 7, 6), dtype="float32", store={})
     for out, probs in ((as_numpy, None), (as_zarr, probabilities)):
-        run(iter_predict(one_hot_predictor, image, num_classes=3, tile_size=(4, 8, 8), overlap=0.25, labels_out=out, lut=lut, probabilities_out=probs))
+        run(sliding_window_predict(one_hot_predictor, image, num_classes=3, tile_size=(4, 8, 8), overlap=0.25, labels_out=out, lut=lut, probabilities_out=probs))
     np.testing.assert_array_equal(as_numpy, lut[classes])
     np.testing.assert_array_equal(as_zarr[:], lut[classes])
     np.testing.assert_allclose(probabilities[:].sum(axis=0), 1.0, rtol=1e-6)
@@ -149,7 +150,7 @@ def test_result_streams_out_slab_by_slab_with_a_one_tile_deep_buffer(monkeypatch
     image = np.random.default_rng(2).normal(size=(1, *shape)).astype(np.float32)
     labels = RecordingOutput(shape, np.uint8)
     probabilities = RecordingOutput((2, *shape), np.float32)
-    run(iter_predict(lambda x: torch.cat([x, -x], 1), image, num_classes=2, tile_size=tile, overlap=0.25,
+    run(sliding_window_predict(lambda x: torch.cat([x, -x], 1), image, num_classes=2, tile_size=tile, overlap=0.25,
                      labels_out=labels, probabilities_out=probabilities))
     assert shapes and all(s == (2, tile[0], 6, 7) for s in shapes)  # never the whole depth
     for writes in (labels.writes, probabilities.writes):

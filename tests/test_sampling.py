@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from napari_sparse_unet.core.sampling import PatchSampler, TrainingVolume, _crop_with_padding, elastic_deform
+from napari_sparse_unet.core.sampling import PatchSampler, TrainingVolume, crop_with_padding, elastic_deform
 
 
 def _volume(shape=(20, 40, 40)):
@@ -65,14 +65,14 @@ def test_patch_larger_than_volume_is_padded_with_unannotated():
     assert (target == -1).sum() >= 8 * 16 * 16 - 4 * 10 * 10
 
 
-def test_crop_with_padding_exact():
+def testcrop_with_padding_exact():
     a = np.arange(5)
-    assert _crop_with_padding(a, [-2], [4], fill=-1).tolist() == [-1, -1, 0, 1]
-    assert _crop_with_padding(a, [3], [4], fill=None).tolist() == [3, 4, 3, 2]
-    assert _crop_with_padding(a, [-3], [10], fill=None).tolist() == [3, 2, 1, 0, 1, 2, 3, 4, 3, 2]
+    assert crop_with_padding(a, [-2], [4], fill=-1).tolist() == [-1, -1, 0, 1]
+    assert crop_with_padding(a, [3], [4], fill=None).tolist() == [3, 4, 3, 2]
+    assert crop_with_padding(a, [-3], [10], fill=None).tolist() == [3, 2, 1, 0, 1, 2, 3, 4, 3, 2]
     b = np.arange(12).reshape(3, 4)
-    assert np.array_equal(_crop_with_padding(b, [-1, 1], [5, 2], fill=None), np.pad(b, 1, mode="reflect")[:, 2:4])
-    assert _crop_with_padding(np.arange(1), [-2], [3], fill=None).tolist() == [0, 0, 0]
+    assert np.array_equal(crop_with_padding(b, [-1, 1], [5, 2], fill=None), np.pad(b, 1, mode="reflect")[:, 2:4])
+    assert crop_with_padding(np.arange(1), [-2], [3], fill=None).tolist() == [0, 0, 0]
 
 
 def test_elastic_deformation_moves_labels_with_the_image():

@@ -9,8 +9,14 @@ import torch
 
 from napari_sparse_unet.core.config import PredictConfig, TrainConfig
 from napari_sparse_unet.core.predict import predict
-from napari_sparse_unet.core.data import InputError
-from napari_sparse_unet.core.train import MIN_SLICES_FOR_VALIDATION, Trainer, dice_on_annotated, train
+from napari_sparse_unet.core.errors import InputError
+from napari_sparse_unet.core.metrics import dice_per_class, mean_dice
+from napari_sparse_unet.core.train import MIN_SLICES_FOR_VALIDATION, Trainer, train
+
+
+def dice_on_annotated(predicted, target, num_classes):
+    return mean_dice(dice_per_class(predicted, target, range(1, num_classes), where=target >= 0))
+
 
 FAST = TrainConfig(max_steps=40, patch_size=(8, 16, 16), batch_size=2, base_channels=4, depth=2, learning_rate=5e-3, validation=False, warmup_steps=5)
 

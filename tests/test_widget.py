@@ -36,15 +36,15 @@ def _errors_since(count: int) -> list[str]:
 
 def configure_tiny(widget, steps: int = 4, preview: float = 0.0) -> None:
     """Settings for a run of a few CPU steps."""
-    widget.time_spin.setValue(0)
-    widget.steps_spin.setValue(steps)
-    widget.patch_edit.setText("8,16,16")
-    widget.batch_spin.setValue(1)
-    widget.channels_spin.setValue(4)
-    widget.depth_spin.setValue(2)
-    widget.validation_check.setChecked(False)
-    widget.preview_spin.setValue(preview)
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+    widget.training.time_spin.setValue(0)
+    widget.training.steps_spin.setValue(steps)
+    widget.training.patch_edit.setText("8,16,16")
+    widget.training.batch_spin.setValue(1)
+    widget.training.channels_spin.setValue(4)
+    widget.training.depth_spin.setValue(2)
+    widget.training.validation_check.setChecked(False)
+    widget.training.preview_spin.setValue(preview)
+    widget.training.device_combo.setCurrentIndex(widget.training.device_combo.findData("cpu"))
 
 
 def wait_idle(qtbot, widget, timeout: int = TIMEOUT_MS) -> None:
@@ -91,7 +91,7 @@ def test_manifest_opens_widget_and_sample(make_napari_viewer, npe2pm, qtbot):
     assert widget.image_layer is not None and widget.annotation_layer is not None
     stats = widget.update_stats()
     assert stats is not None and stats.problem() is None
-    assert "nuclei" in widget.stats_label.text()  # class names from the sample's layer metadata
+    assert "nuclei" in widget.data.stats_label.text()  # class names from the sample's layer metadata
     qtbot.waitUntil(lambda: widget.devices is not None, timeout=TIMEOUT_MS)
     widget.shutdown()
 
@@ -103,35 +103,35 @@ def test_pickers_preselect_and_stats_follow_painting(viewer_widget, qtbot):
     assert widget.annotation_layer is viewer.layers["annotation"]
     stats = widget.update_stats()
     assert stats.annotated_slices == 2 and set(stats.class_values) == {1, 2, 3}
-    assert "2 of 12 Z slices" in widget.stats_label.text()
+    assert "2 of 12 Z slices" in widget.data.stats_label.text()
 
     # Painting (an undoable edit, like a brush stroke) updates the counts after the debounce.
     layer = viewer.layers["annotation"]
     z, y, x = np.meshgrid([9], np.arange(4), np.arange(5), indexing="ij")
     layer.data_setitem((z.ravel(), y.ravel(), x.ravel()), 2)
-    qtbot.waitUntil(lambda: "3 of 12 Z slices" in widget.stats_label.text(), timeout=5000)
+    qtbot.waitUntil(lambda: "3 of 12 Z slices" in widget.data.stats_label.text(), timeout=5000)
     # Undo is followed by a refresh of the viewed slice only: view slice 9, undo, and it is recounted.
     viewer.dims.set_current_step(0, 9)
     layer.undo()
-    qtbot.waitUntil(lambda: "2 of 12 Z slices" in widget.stats_label.text(), timeout=5000)
+    qtbot.waitUntil(lambda: "2 of 12 Z slices" in widget.data.stats_label.text(), timeout=5000)
 
 
 def test_new_annotation_layer_and_what_is_missing(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     before = len(_notifications())
-    layer = widget.new_annotation_button.click() or widget.annotation_layer
+    layer = widget.data.new_annotation_button.click() or widget.annotation_layer
     assert layer is not viewer.layers["annotation"]
     assert layer.data.shape == (12, 32, 32) and not layer.data.any()
     np.testing.assert_allclose(layer.scale, (2, 1, 1))
     np.testing.assert_allclose(layer.translate, (4, 0, 0))
     assert viewer.layers.selection.active is layer and layer.mode == "paint"
-    qtbot.waitUntil(lambda: "Nothing painted" in widget.stats_label.text(), timeout=5000)
+    qtbot.waitUntil(lambda: "Nothing painted" in widget.data.stats_label.text(), timeout=5000)
 
     layer.data_setitem((np.array([3, 3]), np.array([1, 2]), np.array([1, 1])), 2)
-    qtbot.waitUntil(lambda: "background (label 1) too" in widget.stats_label.text(), timeout=5000)
+    qtbot.waitUntil(lambda: "background (label 1) too" in widget.data.stats_label.text(), timeout=5000)
     assert not widget.train()
     assert any("background (label 1)" in m for m in _errors_since(before))
-    assert not widget.busy and widget.train_button.isEnabled()
+    assert not widget.busy and widget.training.train_button.isEnabled()
 
 
 def test_train_shows_progress_and_leaves_layers_unchanged(viewer_widget, qtbot):
@@ -140,17 +140,17 @@ def test_train_shows_progress_and_leaves_layers_unchanged(viewer_widget, qtbot):
     annotation = viewer.layers["annotation"].data.copy()
     configure_tiny(widget, steps=3)
     assert widget.train()
-    assert widget.busy and not widget.train_button.isEnabled() and widget.stop_button.isEnabled()
+    assert widget.busy and not widget.training.train_button.isEnabled() and widget.training.stop_button.isEnabled()
     wait_idle(qtbot, widget)
     assert widget.model is not None and widget.model.class_values == (1, 2, 3)
-    assert widget.progress_bar.value() == 1000
-    assert "step 3/3" in widget.loss_label.text() and "loss" in widget.loss_label.text()
-    assert "Training finished" in widget.status_label.text()
-    assert "classes" in widget.model_label.text()
+    assert widget.progress.progress_bar.value() == 1000
+    assert "step 3/3" in widget.progress.loss_label.text() and "loss" in widget.progress.loss_label.text()
+    assert "Training finished" in widget.progress.status_label.text()
+    assert "classes" in widget.model_panel.model_label.text()
     np.testing.assert_array_equal(viewer.layers["image"].data, image)
     np.testing.assert_array_equal(viewer.layers["annotation"].data, annotation)
-    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
-    assert widget.predict_button.isEnabled() and widget.train_button.text() == "Train more"
+    assert widget.training.train_button.isEnabled() and not widget.training.stop_button.isEnabled()
+    assert widget.prediction.predict_button.isEnabled() and widget.training.train_button.text() == "Train more"
 
 
 def test_event_loop_runs_and_stop_keeps_the_best_model(viewer_widget, qtbot):
@@ -164,7 +164,7 @@ def test_event_loop_runs_and_stop_keeps_the_best_model(viewer_widget, qtbot):
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
     assert widget.train()
-    qtbot.waitUntil(lambda: "step 3/" in widget.loss_label.text() or "step 4/" in widget.loss_label.text(), timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: "step 3/" in widget.progress.loss_label.text() or "step 4/" in widget.progress.loss_label.text(), timeout=TIMEOUT_MS)
     started = len(ticks)
     qtbot.wait(500)
     timer.stop()
@@ -174,10 +174,10 @@ def test_event_loop_runs_and_stop_keeps_the_best_model(viewer_widget, qtbot):
     assert gaps.max() < 0.5, f"main thread blocked for {gaps.max():.2f} s"
 
     stop = time.perf_counter()
-    widget.stop_button.click()
+    widget.training.stop_button.click()
     wait_idle(qtbot, widget, timeout=10_000)
     assert time.perf_counter() - stop < 2.0
-    assert widget.model is not None and "stopped" in widget.status_label.text()
+    assert widget.model is not None and "stopped" in widget.progress.status_label.text()
     assert widget.model.history["steps"] >= 3
 
 
@@ -186,10 +186,10 @@ def test_predict_copy_save_load(trained, qtbot, tmp_path, monkeypatch):
     image = viewer.layers["image"].data.copy()
     annotation_layer = viewer.layers["annotation"]
 
-    widget.probabilities_check.setChecked(True)
-    widget.tta_check.setChecked(True)
+    widget.prediction.probabilities_check.setChecked(True)
+    widget.prediction.tta_check.setChecked(True)
     assert widget.predict_config().tta
-    widget.tta_check.setChecked(False)  # flips multiply the time; the core tests what they compute
+    widget.prediction.tta_check.setChecked(False)  # flips multiply the time; the core tests what they compute
     assert widget.predict()
     wait_idle(qtbot, widget)
     prediction = viewer.layers["prediction"]
@@ -197,7 +197,7 @@ def test_predict_copy_save_load(trained, qtbot, tmp_path, monkeypatch):
     assert names == ["probability class 2", "probability class 3"]
     probability = viewer.layers[names[0]].data
     assert probability.shape == (12, 32, 32) and 0 <= probability.min() and probability.max() <= 1
-    widget.probabilities_check.setChecked(False)
+    widget.prediction.probabilities_check.setChecked(False)
     assert prediction.data.shape == (12, 32, 32)
     assert set(np.unique(prediction.data)) <= {0, 2, 3}
     np.testing.assert_allclose(prediction.scale, (2, 1, 1))
@@ -225,14 +225,14 @@ def test_predict_copy_save_load(trained, qtbot, tmp_path, monkeypatch):
 
     # Save and load through the (replaced) file dialogs.
     path = tmp_path / "tiny.pt"
-    monkeypatch.setattr(widget, "ask_save_path", lambda: str(path))
-    assert widget.save_model() == str(path) and path.is_file()
+    monkeypatch.setattr(widget.model_panel, "ask_save_path", lambda: str(path))
+    assert widget.model_panel.save_model() == str(path) and path.is_file()
     classes = widget.model.class_values
     widget.model = None
-    monkeypatch.setattr(widget, "ask_open_path", lambda: str(path))
-    loaded = widget.load_model()
+    monkeypatch.setattr(widget.model_panel, "ask_open_path", lambda: str(path))
+    loaded = widget.model_panel.load_model()
     assert loaded is not None and loaded.class_values == classes
-    assert "classes" in widget.model_label.text() and "patch 8×16×16" in widget.model_label.text()
+    assert "classes" in widget.model_panel.model_label.text() and "patch 8×16×16" in widget.model_panel.model_label.text()
 
     # Train more fine-tunes the loaded model: the step count continues.
     steps = widget.model.history["steps"]
@@ -243,7 +243,7 @@ def test_predict_copy_save_load(trained, qtbot, tmp_path, monkeypatch):
     # With a loaded model, Predict needs no annotation at all.
     viewer.layers.remove(annotation_layer)
     viewer.layers.remove(prediction)
-    assert widget.annotation_layer is None and widget.predict_button.isEnabled()
+    assert widget.annotation_layer is None and widget.prediction.predict_button.isEnabled()
     assert widget.predict()
     wait_idle(qtbot, widget)
     assert "prediction" in viewer.layers
@@ -252,14 +252,14 @@ def test_predict_copy_save_load(trained, qtbot, tmp_path, monkeypatch):
 def test_worker_failure_is_notified_and_buttons_return(viewer_widget, qtbot):
     _, widget = viewer_widget
     configure_tiny(widget)
-    widget.patch_edit.setText("5,16,16")  # not a multiple of the network's down-sampling: refused in the worker
+    widget.training.patch_edit.setText("5,16,16")  # not a multiple of the network's down-sampling: refused in the worker
     before = len(_notifications())
     assert widget.train()
     wait_idle(qtbot, widget)
     errors = _errors_since(before)
     assert errors and "patch size" in errors[-1]
-    assert "failed" in widget.status_label.text()
-    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert "failed" in widget.progress.status_label.text()
+    assert widget.training.train_button.isEnabled() and not widget.training.stop_button.isEnabled()
 
 
 def test_bad_input_is_refused_on_the_main_thread(viewer_widget):
@@ -267,10 +267,10 @@ def test_bad_input_is_refused_on_the_main_thread(viewer_widget):
     before = len(_notifications())
     assert not widget.predict()  # no model yet
     viewer.add_labels(np.zeros((12, 16, 16), np.uint8), name="small")
-    widget.set_annotation_layer(viewer.layers["small"])
+    widget.data.set_annotation_layer(viewer.layers["small"])
     assert not widget.train()
-    widget.patch_edit.setText("big")
-    widget.set_annotation_layer(viewer.layers["annotation"])
+    widget.training.patch_edit.setText("big")
+    widget.data.set_annotation_layer(viewer.layers["annotation"])
     assert not widget.train()
     errors = _errors_since(before)
     assert any("Train or load a model" in m for m in errors)
@@ -283,8 +283,8 @@ def test_removing_the_widget_stops_training(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     configure_tiny(widget, steps=100_000)
     assert widget.train()
-    qtbot.waitUntil(lambda: "step 2/" in widget.loss_label.text(), timeout=TIMEOUT_MS)
-    job, worker = widget._job, widget._worker
+    qtbot.waitUntil(lambda: "step 2/" in widget.progress.loss_label.text(), timeout=TIMEOUT_MS)
+    job, worker = widget.runner.job, widget.runner.worker
     viewer.window.remove_dock_widget(widget)  # the dock's close button does this
     assert job.done.is_set()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=5000)
@@ -306,11 +306,11 @@ def test_preview_covers_the_visible_region_when_zoomed(make_napari_viewer, qtbot
     viewer.camera.zoom = viewer.camera.zoom * 6  # only the top-left corner is on screen
 
     def zoomed_in():
-        box = widget._view.snapshot()[1]
+        box = widget.view.viewed.snapshot()[1]
         return box is not None and box[1][1] < 24 and box[2][1] < 24
 
     qtbot.waitUntil(zoomed_in, timeout=5000)
-    box = widget._view.snapshot()[1]
+    box = widget.view.viewed.snapshot()[1]
     assert box[0] == (0, 12) and box[1][0] <= 4 and box[2][0] <= 4
 
     configure_tiny(widget, steps=4, preview=0.1)
@@ -335,9 +335,9 @@ def test_worker_quit_closes_the_job_and_keeps_the_best_model(viewer_widget, qtbo
     _, widget = viewer_widget
     configure_tiny(widget, steps=100_000)
     assert widget.train()
-    qtbot.waitUntil(lambda: "step 2/" in widget.loss_label.text(), timeout=TIMEOUT_MS)
-    job = widget._job
-    widget._worker.quit()
+    qtbot.waitUntil(lambda: "step 2/" in widget.progress.loss_label.text(), timeout=TIMEOUT_MS)
+    job = widget.runner.job
+    widget.runner.worker.quit()
     wait_idle(qtbot, widget, timeout=10_000)
     assert job.done.is_set()  # the job's generator was closed, so the trainer ended cleanly
-    assert widget.model is not None and widget.status_label.text() == "Stopped."
+    assert widget.model is not None and widget.progress.status_label.text() == "Stopped."

@@ -7,14 +7,19 @@
     >>> labels = predict(trainer.best_model, image)
 
 Images are (Z, Y, X) or (C, Z, Y, X) (2-D: (Y, X) or (C, Y, X)); annotations
-use 0 = not annotated, 1 = background, 2.. = classes.
+use 0 = not annotated, 1 = background, 2.. = classes.  Bad input raises a
+:class:`UserInputError` (an :class:`InputError`, :class:`ConfigError` or
+:class:`CheckpointError`) whose message is the one the command line and the
+widget show.
 """
 
-from .core.checkpoint import CheckpointError, SegmentationModel, load_model
-from .core.config import PRESETS, ConfigError, ModelConfig, PredictConfig, TrainConfig
-from .core.data import InputError
-from .core.predict import PredictEvent, predict, predict_iter
+from .core.checkpoint import SegmentationModel, load_network
+from .core.config import PRESETS, ModelConfig, PredictConfig, TrainConfig
 from .core.device import available_devices, resolve_device
+from .core.errors import CheckpointError, ConfigError, InputError, UserInputError
+from .core.generators import run_to_end
+from .core.jobs import PredictJob, PredictResult, TrainJob
+from .core.predict import PredictEvent, predict, predict_iter
 from .core.train import TrainEvent, Trainer, train
 
 __all__ = [
@@ -25,14 +30,19 @@ __all__ = [
     "ModelConfig",
     "PredictConfig",
     "PredictEvent",
+    "PredictJob",
+    "PredictResult",
     "SegmentationModel",
     "TrainConfig",
     "TrainEvent",
+    "TrainJob",
     "Trainer",
+    "UserInputError",
     "available_devices",
-    "load_model",
+    "load_network",
     "predict",
     "predict_iter",
     "resolve_device",
+    "run_to_end",
     "train",
 ]

@@ -23,9 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
-from .core.config import PRESETS, ConfigError, PredictConfig, TrainConfig
-from .core.data import InputError, as_channel_first
-from .io import SUFFIXES, VolumeIOError, create_output, read_volume_with_spacing, volume_format
+from .core.config import PRESETS, PredictConfig, TrainConfig
+from .core.errors import InputError, UserInputError
+from .core.jobs import PredictJob, TrainJob
+from .core.presets import default_preset
+from .core.rules import DEVICE_NAMES, annotation_shape_problem, model_image_problem, parse_patch_size
+from ._cli_progress import run_prediction, run_training
+from .io import SUFFIXES, create_output, read_volume_with_spacing, volume_format
 
 if TYPE_CHECKING:
     from .core.checkpoint import SegmentationModel
@@ -35,21 +39,13 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-class _UserError(Exception):
+class UsageError(UserInputError):
     """A problem with the command line itself that argparse cannot see."""
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input, not a bug: reported in one line, exit 2."""
-    errors: list[type[BaseException]] = [
-        _UserError, InputError, ConfigError, VolumeIOError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-        PermissionError,
-    ]
-    # CheckpointError lives with torch; if that module was never imported, it was never raised.
-    checkpoint = sys.modules.get("napari_sparse_unet.core.checkpoint")
-    if checkpoint is not None:
-        errors.append(checkpoint.CheckpointError)
-    return tuple(errors)
+# Bad input, not a bug: reported in one line, exit status 2.  The operating system's
+# refusals name the file; any other exception is a bug and keeps its traceback.
+USER_ERRORS = (UserInputError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -67,74 +63,9 @@ def _check_output_path(path: str | None, option: str) -> None:
     if option != "--model":
         volume_format(target)  # unknown suffix -> VolumeIOError naming it
     if not target.parent.is_dir():
-        raise _UserError(f"{option} {path!r}: folder {str(target.parent)!r} does not exist")
+        raise UsageError(f"{option} {path!r}: folder {str(target.parent)!r} does not exist")
     if target.is_dir() and not target.name.lower().endswith(".zarr"):
-        raise _UserError(f"{option} {path!r} is a folder")
-
-
-def _progress(total: int, desc: str, unit: str, quiet: bool, **kwargs: Any) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, desc=desc, unit=unit, file=sys.stderr, disable=quiet, mininterval=0.5, dynamic_ncols=True, **kwargs
-    )
-
-
-def _prediction_progress(bar: Any) -> Any:
-    def progress(event: Any) -> None:
-        bar.total = event.tiles_total
-        bar.update(event.tiles_done - bar.n)
-
-    return progress
-
-
-def _run_training(trainer: Any, quiet: bool) -> tuple[SegmentationModel, bool]:
-    """Iterate the trainer with a progress bar.  Returns (model, interrupted).
-
-    Ctrl-C stops training at the next step and keeps the best model so far.
-    """
-    # Percent of the budget, not steps: a time limit usually ends training first.
-    bar = _progress(100, "training", "%", quiet, bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
-    run = trainer.run()
-    model = None
-    interrupted = False
-    val_dice = None
-    try:
-        while True:
-            try:
-                event = next(run)
-            except StopIteration as stop:
-                model = stop.value
-                break
-            val_dice = event.val_dice if event.val_dice is not None else val_dice
-            postfix = {"step": event.step, "loss": f"{event.loss:.3f}"}
-            if val_dice is not None:
-                postfix["val_dice"] = f"{val_dice:.3f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(round(100 * event.progress, 1) - bar.n)
-    except KeyboardInterrupt:
-        interrupted = True
-        run.close()
-        model = trainer.best_model
-        if model is None:
-            raise
-    finally:
-        bar.close()
-    return model, interrupted
-
-
-def _dice_scores(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray, classes: Sequence[int]) -> dict[int, float]:
-    """Dice per ground-truth class value over the voxels where ``mask`` is true.
-
-    ``prediction`` holds output label values (class value + 1, background 0).
-    """
-    scores = {}
-    p, t = prediction[mask], truth[mask]
-    for c in classes:
-        pc, tc = p == c + 1, t == c
-        denominator = int(pc.sum()) + int(tc.sum())
-        scores[c] = 1.0 if denominator == 0 else 2.0 * int((pc & tc).sum()) / denominator
-    return scores
+        raise UsageError(f"{option} {path!r} is a folder")
 
 
 # --------------------------------------------------------------------------- train
@@ -146,12 +77,11 @@ def _training_precision(trainer: Any) -> str:
     return precision_name(trainer.device, trainer.config.mixed_precision, training=True)
 
 
-def _train_config(args: argparse.Namespace) -> tuple[str, TrainConfig]:
+def _train_config(args: argparse.Namespace, spatial_dims: int) -> tuple[str, TrainConfig]:
     """The preset's name and the settings from it and the command line options."""
     from .core.device import resolve_device
 
-    device = resolve_device(args.device)
-    preset_name = args.preset or ("cpu" if device.type == "cpu" else "gpu-small")
+    preset_name = args.preset or default_preset(resolve_device(args.device).type)
     config = PRESETS[preset_name]
     changes: dict[str, Any] = {"device": args.device}
     if args.steps is not None:
@@ -161,7 +91,7 @@ def _train_config(args: argparse.Namespace) -> tuple[str, TrainConfig]:
     elif args.max_time is not None:
         changes["max_time"] = args.max_time
     if args.patch_size is not None:
-        changes["patch_size"] = tuple(args.patch_size)
+        changes["patch_size"] = parse_patch_size(" ".join(args.patch_size), spatial_dims)
     if args.seed is not None:
         changes["seed"] = args.seed
     if args.threads is not None:
@@ -171,7 +101,7 @@ def _train_config(args: argparse.Namespace) -> tuple[str, TrainConfig]:
 
 def _read_training_pairs(images: list[str], labels: list[str]) -> tuple[list[Any], list[np.ndarray], tuple[float, ...] | None]:
     if len(images) != len(labels):
-        raise _UserError(f"got {len(images)} --image but {len(labels)} --labels: give one --labels per --image")
+        raise UsageError(f"got {len(images)} --image but {len(labels)} --labels: give one --labels per --image")
     arrays, annotations = [], []
     spacing = None
     for image_path, labels_path in zip(images, labels):
@@ -183,11 +113,11 @@ def _read_training_pairs(images: list[str], labels: list[str]) -> tuple[list[Any
                 annotation = annotation.astype(np.int64)  # labels saved as float by some tools
             else:
                 raise InputError(f"labels file {labels_path!r} has dtype {annotation.dtype}; integer labels were expected")
-        if np.shape(image)[-annotation.ndim :] != annotation.shape:
-            raise InputError(
-                f"image {image_path!r} has shape {np.shape(image)} but labels {labels_path!r} have shape "
-                f"{annotation.shape}: they must have the same spatial size"
-            )
+        problem = annotation_shape_problem(
+            np.shape(image)[-annotation.ndim :], annotation.shape, f"image {image_path!r}", f"labels {labels_path!r}"
+        )
+        if problem:
+            raise InputError(problem)
         spacing = spacing or image_spacing or labels_spacing
         arrays.append(image)
         annotations.append(annotation)
@@ -196,17 +126,15 @@ def _read_training_pairs(images: list[str], labels: list[str]) -> tuple[list[Any
 
 def cmd_train(args: argparse.Namespace) -> int:
     _check_output_path(args.model, "--model")
-    preset, config = _train_config(args)
     images, annotations, file_spacing = _read_training_pairs(args.image, args.labels)
+    preset, config = _train_config(args, annotations[0].ndim)
     spacing = tuple(args.spacing) if args.spacing is not None else file_spacing
 
     from .core.checkpoint import SegmentationModel
-    from .core.train import Trainer
 
     initial = SegmentationModel.load(args.resume) if args.resume else None
-    trainer = Trainer(
-        images, annotations, config, spacing=spacing, initial=initial, class_names=args.class_names or None
-    )
+    job = TrainJob(images, annotations, config, spacing=spacing, initial=initial, class_names=args.class_names or None)
+    trainer = job.prepare()  # checks the input before the first line is printed
     _say(
         args,
         f"training on {len(images)} volume(s) of {', '.join(_fmt_shape(np.shape(i)) for i in images)}, "
@@ -214,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"up to {config.max_steps} steps" + (f" or {config.max_time:g} s" if config.max_time else ""),
     )
     start = time.perf_counter()
-    model, interrupted = _run_training(trainer, args.quiet)
+    model, interrupted = run_training(job, args.quiet)
     model.save(args.model)
     steps = model.history.get("steps", "?")
     what = "interrupted; saved the best model so far" if interrupted else "saved model"
@@ -226,32 +154,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _spatial_shape(model: SegmentationModel, image: Any) -> tuple[int, ...]:
-    """Validate the image against the model; return its spatial shape."""
-    # A zero-stride stand-in lets the core's checks see the shape without reading data.
-    stand_in = np.broadcast_to(np.zeros((), dtype=image.dtype), tuple(image.shape))
-    image_cf = as_channel_first(stand_in, spatial_dims=model.spatial_dims)
-    if image_cf.shape[0] != model.in_channels:
-        raise InputError(
-            f"image {_fmt_shape(image.shape)} has {image_cf.shape[0]} channel(s) but the model was trained "
-            f"on {model.in_channels}"
-        )
-    return tuple(int(s) for s in image_cf.shape[1:])
+    """Check the image's shape against the model (before outputs are created); return its spatial shape."""
+    problem = model_image_problem(image.shape, model.spatial_dims, model.in_channels)
+    if problem:
+        raise InputError(problem)
+    return tuple(int(s) for s in image.shape[-model.spatial_dims :])
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    for option, value in (("--out", args.out), ("--probabilities", args.probabilities)):
-        _check_output_path(value, option)
-        if value is not None and Path(value).resolve() == Path(args.image).resolve():
-            raise _UserError(f"{option} {value!r} is the input image; choose another file")
-    if args.probabilities is not None and Path(args.probabilities).resolve() == Path(args.out).resolve():
-        raise _UserError(f"--probabilities {args.probabilities!r} is the same file as --out")
-    config = PredictConfig(
+def _predict_config(args: argparse.Namespace) -> PredictConfig:
+    """Prediction settings from the predict command's options."""
+    return PredictConfig(
         overlap=args.overlap,
         tta=args.tta,
         device=args.device,
         tile_size=tuple(args.tile_size) if args.tile_size else None,
         batch_size=args.batch_size,
     )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    for option, value in (("--out", args.out), ("--probabilities", args.probabilities)):
+        _check_output_path(value, option)
+        if value is not None and Path(value).resolve() == Path(args.image).resolve():
+            raise UsageError(f"{option} {value!r} is the input image; choose another file")
+    if args.probabilities is not None and Path(args.probabilities).resolve() == Path(args.out).resolve():
+        raise UsageError(f"--probabilities {args.probabilities!r} is the same file as --out")
+    config = _predict_config(args)
     if args.threads is not None:
         import torch
 
@@ -259,7 +187,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .core.checkpoint import SegmentationModel
     from .core.device import precision_name, resolve_device
-    from .core.predict import predict
 
     device = resolve_device(args.device)  # an unavailable GPU is bad input, not a crash inside torch
     model = SegmentationModel.load(args.model)
@@ -277,11 +204,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             probabilities_out = stack.enter_context(
                 create_output(args.probabilities, (model.num_classes, *spatial), np.float32, like=args.image, spacing=spacing)
             )
-        bar = stack.enter_context(contextlib.closing(_progress(1, "predicting", "tile", args.quiet)))
-        predict(
-            model, image, config, labels_out=labels_out, probabilities_out=probabilities_out,
-            progress=_prediction_progress(bar),
-        )
+        run_prediction(PredictJob(model, image, config, labels_out=labels_out, probabilities_out=probabilities_out), args.quiet)
     written = f" and {args.probabilities}" if args.probabilities else ""
     print(f"wrote {args.out}{written} ({_fmt_shape(spatial)}, {time.perf_counter() - start:.1f} s, "
           f"{device} {precision_name(device, config.mixed_precision)})")
@@ -295,8 +218,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ._sample_data import CLASS_NAMES, SPACING, make_sample_volume, painted_slice_indices
 
     if args.out_dir is not None and not Path(args.out_dir).parent.is_dir():
-        raise _UserError(f"--out-dir {args.out_dir!r}: folder {str(Path(args.out_dir).parent)!r} does not exist")
-    preset, config = _train_config(args)
+        raise UsageError(f"--out-dir {args.out_dir!r}: folder {str(Path(args.out_dir).parent)!r} does not exist")
+    preset, config = _train_config(args, 3)
 
     t0 = time.perf_counter()
     image, truth, annotation = make_sample_volume(shape=tuple(args.shape), seed=args.seed or 0)
@@ -310,13 +233,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
     from .core.device import precision_name
-    from .core.predict import predict
-    from .core.train import Trainer
+    from .core.metrics import dice_per_class, mean_dice
 
     # Name only the painted values: a small --shape may leave a class off the painted slices.
     painted_values = [int(v) for v in np.unique(annotation[painted])]
     names = [CLASS_NAMES[v - 1] for v in painted_values]
-    trainer = Trainer([image], [annotation], config, spacing=SPACING, class_names=names)
+    job = TrainJob([image], [annotation], config, spacing=SPACING, class_names=names)
+    trainer = job.prepare()
     print(
         f"training on {trainer.device} ({_training_precision(trainer)}) for up to {config.max_steps} steps"
         + (f" or {config.max_time:g} s" if config.max_time else "")
@@ -324,29 +247,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     sys.stdout.flush()
     t0 = time.perf_counter()
-    model, interrupted = _run_training(trainer, args.quiet)
+    model, interrupted = run_training(job, args.quiet)
     t_train = time.perf_counter() - t0
     steps = model.history.get("steps", "?")
     print(f"trained {steps} steps in {t_train:.1f} s" + (" (interrupted)" if interrupted else ""))
     sys.stdout.flush()
 
     t0 = time.perf_counter()
-    bar = _progress(1, "predicting", "tile", args.quiet)
-    try:
-        predict_config = PredictConfig(device=args.device)
-        prediction = predict(model, image, predict_config, progress=_prediction_progress(bar))
-    finally:
-        bar.close()
+    predict_config = PredictConfig(device=args.device)
+    prediction = run_prediction(PredictJob(model, image, predict_config), args.quiet).labels
     t_predict = time.perf_counter() - t0
     precision = precision_name(trainer.device, predict_config.mixed_precision)
     print(f"predicted {_fmt_shape(prediction.shape)} in {t_predict:.1f} s ({precision})")
 
-    classes = list(range(1, len(CLASS_NAMES)))
-    scores = _dice_scores(prediction, truth, ~painted, classes)
+    # Predictions show each class with its painted value, ground-truth value + 1.
+    scores = dice_per_class(prediction, truth.astype(np.int16) + 1, range(2, len(CLASS_NAMES) + 1), where=~painted)
     print(f"Dice against the ground truth on the {100 * (~painted).mean():.0f} % of voxels that were not painted:")
-    for c in classes:
-        print(f"  {CLASS_NAMES[c]:<10} {scores[c]:.3f}")
-    print(f"  {'mean':<10} {np.mean(list(scores.values())):.3f}")
+    for value, score in scores.items():
+        print(f"  {CLASS_NAMES[value - 1]:<10} {score:.3f}")
+    print(f"  {'mean':<10} {mean_dice(scores):.3f}")
     print(f"times: generate {t_generate:.1f} s, train {t_train:.1f} s, predict {t_predict:.1f} s")
 
     if args.out_dir is not None:
@@ -390,8 +309,10 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+def _add_common(parser: argparse.ArgumentParser, command: Any) -> None:
+    """Options every command has, and the function that runs the command."""
+    parser.set_defaults(func=command)
+    parser.add_argument("--device", choices=DEVICE_NAMES, default="auto",
                         help="where to run (default: auto = cuda, else mps, else cpu)")
     parser.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes on stderr")
@@ -404,8 +325,75 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-time", type=_positive_float, metavar="SECONDS",
                         help="stop training after this many seconds (whichever comes first with --steps)")
     parser.add_argument("--seed", type=int, help="random seed (default: the preset's)")
-    parser.add_argument("--patch-size", type=_positive_int, nargs="+", metavar="N",
-                        help="training patch, Z Y X (or Y X) voxels (default: chosen from spacing and the preset)")
+    parser.add_argument("--patch-size", nargs="+", metavar="N",
+                        help="training patch, Z Y X (or Y X) voxels, or one size for all axes "
+                        "(default: chosen from spacing and the preset)")
+
+
+# Command -> (one-line help, description of its --help page).
+COMMANDS = {
+    "train": (
+        "train a model on images and their sparse annotations",
+        "Train a 3D U-Net on images and sparse annotations (0 = not painted, 1 = background, 2.. = classes).",
+    ),
+    "predict": (
+        "segment a whole volume with a trained model",
+        "Segment a volume with a trained model. The output holds 0 for background and "
+        "the painted value of each class elsewhere.",
+    ),
+    "demo": (
+        "train and predict on the generated sample; print Dice and times",
+        "Generate the sample volume with 4 painted slices, train briefly, predict the whole "
+        "volume and report Dice against its ground truth on the voxels that were not painted.",
+    ),
+}
+
+
+def _command(commands: Any, name: str) -> argparse.ArgumentParser:
+    summary, description = COMMANDS[name]
+    return commands.add_parser(name, help=summary, description=description)
+
+
+def _add_train_command(commands: Any) -> None:
+    train = _command(commands, "train")
+    train.add_argument("--image", action="append", required=True, metavar="IMG",
+                       help="image volume (Z, Y, X) or (C, Z, Y, X); repeat for several, each with its --labels")
+    train.add_argument("--labels", action="append", required=True, metavar="ANNOT",
+                       help="annotation of the same spatial shape as its --image")
+    train.add_argument("--model", required=True, metavar="OUT.pt", help="where to save the trained model")
+    train.add_argument("--resume", metavar="MODEL.pt", help="start from this model's weights (fine-tuning)")
+    train.add_argument("--spacing", type=_positive_float, nargs="+", metavar="S",
+                       help="voxel size Z Y X (default: from the image file's metadata, else isotropic)")
+    train.add_argument("--class-names", nargs="+", metavar="NAME",
+                       help="names of the annotation values in order, starting with background (value 1)")
+    _add_training_options(train)
+    _add_common(train, cmd_train)
+
+
+def _add_predict_command(commands: Any) -> None:
+    """The predict command; options that shape prediction go to :func:`_predict_config`."""
+    pred = _command(commands, "predict")
+    pred.add_argument("--model", required=True, metavar="MODEL.pt", help="a model saved by 'train' or the napari widget")
+    pred.add_argument("--image", required=True, metavar="IMG", help="volume to segment")
+    pred.add_argument("--out", required=True, metavar="OUT", help="labels output (.tif, .npy, .nii.gz, .zarr)")
+    pred.add_argument("--probabilities", metavar="OUT", help="also write class probabilities (K, Z, Y, X) float32")
+    pred.add_argument("--overlap", type=_fraction, default=0.25, metavar="F",
+                      help="overlap of neighbouring tiles as a fraction of the model's training patch (default: 0.25)")
+    pred.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation; slower)")
+    pred.add_argument("--tile-size", type=_positive_int, nargs="+", metavar="N",
+                      help="tile Z Y X (default: the tiling that computes the fewest voxels within the memory budget)")
+    pred.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="tiles per batch (default: 1)")
+    _add_common(pred, cmd_predict)
+
+
+def _add_demo_command(commands: Any) -> None:
+    demo = _command(commands, "demo")
+    _add_training_options(demo)
+    demo.set_defaults(max_time=90.0)
+    demo.add_argument("--shape", type=_positive_int, nargs=3, default=(40, 128, 128), metavar=("Z", "Y", "X"),
+                      help="size of the generated volume (default: 40 128 128)")
+    demo.add_argument("--out-dir", metavar="DIR", help="also save the volumes (.tif) and the model there")
+    _add_common(demo, cmd_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -418,54 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    train = commands.add_parser(
-        "train", help="train a model on images and their sparse annotations",
-        description="Train a 3D U-Net on images and sparse annotations (0 = not painted, 1 = background, 2.. = classes).",
-    )
-    train.add_argument("--image", action="append", required=True, metavar="IMG",
-                       help="image volume (Z, Y, X) or (C, Z, Y, X); repeat for several, each with its --labels")
-    train.add_argument("--labels", action="append", required=True, metavar="ANNOT",
-                       help="annotation of the same spatial shape as its --image")
-    train.add_argument("--model", required=True, metavar="OUT.pt", help="where to save the trained model")
-    train.add_argument("--resume", metavar="MODEL.pt", help="start from this model's weights (fine-tuning)")
-    train.add_argument("--spacing", type=_positive_float, nargs="+", metavar="S",
-                       help="voxel size Z Y X (default: from the image file's metadata, else isotropic)")
-    train.add_argument("--class-names", nargs="+", metavar="NAME",
-                       help="names of the annotation values in order, starting with background (value 1)")
-    _add_training_options(train)
-    _add_common(train)
-    train.set_defaults(func=cmd_train)
-
-    pred = commands.add_parser(
-        "predict", help="segment a whole volume with a trained model",
-        description="Segment a volume with a trained model. The output holds 0 for background and "
-        "the painted value of each class elsewhere.",
-    )
-    pred.add_argument("--model", required=True, metavar="MODEL.pt", help="a model saved by 'train' or the napari widget")
-    pred.add_argument("--image", required=True, metavar="IMG", help="volume to segment")
-    pred.add_argument("--out", required=True, metavar="OUT", help="labels output (.tif, .npy, .nii.gz, .zarr)")
-    pred.add_argument("--probabilities", metavar="OUT", help="also write class probabilities (K, Z, Y, X) float32")
-    pred.add_argument("--overlap", type=_fraction, default=0.25, metavar="F", help="overlap of neighbouring tiles as a fraction of the model's training patch (default: 0.25)")
-    pred.add_argument("--tta", action="store_true", help="average over flips (test-time augmentation; slower)")
-    pred.add_argument("--tile-size", type=_positive_int, nargs="+", metavar="N",
-                      help="tile Z Y X (default: the largest that fits the memory budget)")
-    pred.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="tiles per batch (default: 1)")
-    _add_common(pred)
-    pred.set_defaults(func=cmd_predict)
-
-    demo = commands.add_parser(
-        "demo", help="train and predict on the generated sample; print Dice and times",
-        description="Generate the sample volume with 4 painted slices, train briefly, predict the whole "
-        "volume and report Dice against its ground truth on the voxels that were not painted.",
-    )
-    _add_training_options(demo)
-    demo.set_defaults(max_time=90.0)
-    demo.add_argument("--shape", type=_positive_int, nargs=3, default=(40, 128, 128), metavar=("Z", "Y", "X"),
-                      help="size of the generated volume (default: 40 128 128)")
-    demo.add_argument("--out-dir", metavar="DIR", help="also save the volumes (.tif) and the model there")
-    _add_common(demo)
-    demo.set_defaults(func=cmd_demo)
+    for add_command in (_add_train_command, _add_predict_command, _add_demo_command):
+        add_command(commands)
     return parser
 
 
@@ -475,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except _user_errors() as error:
+    except USER_ERRORS as error:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE

@@ -18,19 +18,21 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .core.errors import UserInputError
+from .core.files import atomic_file, temporary_path_beside
+
 PathLike = str | os.PathLike
 
 SUFFIXES = (".tif", ".tiff", ".npy", ".nii", ".nii.gz", ".zarr")
 
 
-class VolumeIOError(ValueError):
+class VolumeIOError(UserInputError):
     """A volume file cannot be read or written; the message names the file and why."""
 
 
@@ -197,23 +199,12 @@ def _read_zarr(path: Path, lazy: bool) -> tuple[Any, tuple[float, ...] | None]:
 # --------------------------------------------------------------------------- writing
 
 
-def _temp_path(target: Path, directory: bool = False) -> Path:
-    """A new, unused path beside ``target`` that keeps its suffix (nibabel reads it)."""
-    name = target.name
-    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else target.suffix
-    if directory:
-        return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=target.parent))
-    fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
-    return Path(temp)
-
-
 def _replace_dir(source: Path, target: Path) -> None:
     """Move folder ``source`` to ``target``, replacing what is there (files cannot be swapped
     atomically with a folder, so the old one is first moved aside, then removed)."""
     old = None
     if target.exists() or target.is_symlink():
-        old = _temp_path(target, directory=True)
+        old = temporary_path_beside(target, directory=True)
         old.rmdir()
         os.replace(target, old)
     os.replace(source, target)
@@ -277,8 +268,7 @@ def write_volume(
                 out[start : start + step] = np.asarray(array[start : start + step])
         return path
     array = np.asarray(array)
-    temp = _temp_path(path)
-    try:
+    with atomic_file(path) as temp:
         if fmt == "tiff":
             _write_tiff(temp, array, spacing)
         elif fmt == "npy":
@@ -286,10 +276,6 @@ def write_volume(
                 np.save(f, array, allow_pickle=False)
         else:
             _write_nifti(temp, array, spacing, affine)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -369,7 +355,7 @@ def create_output(
     if fmt == "zarr":
         zarr = _import_optional("zarr", "zarr")
         spacing, _ = _resolve_geometry(like, spacing)
-        temp = _temp_path(path, directory=True)
+        temp = temporary_path_beside(path, directory=True)
         try:
             out = zarr.open_array(
                 store=str(temp), mode="w", shape=shape, dtype=dtype, chunks=_z_chunks(shape, dtype.itemsize), fill_value=0
@@ -382,16 +368,11 @@ def create_output(
             if temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
     elif fmt == "npy":
-        spacing, _ = _resolve_geometry(like, spacing)
-        temp = _temp_path(path)
-        try:
+        with atomic_file(path) as temp:
             out = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=shape)
             yield out
             out.flush()
             del out
-            os.replace(temp, path)
-        finally:
-            temp.unlink(missing_ok=True)
     else:
         out = np.zeros(shape, dtype)
         yield out

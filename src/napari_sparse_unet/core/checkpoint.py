@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ConfigError, ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig
+from .errors import CheckpointError, ConfigError
+from .files import atomic_file
 from .data import Normalization, label_lut
 from .model import build_model
 
 FORMAT = "napari-sparse-unet"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A model file is missing, corrupt or not one of ours; the message says which."""
 
 
 def _package_version() -> str:
@@ -114,14 +111,8 @@ class SegmentationModel:
         """Write the checkpoint atomically: a crash never leaves half a file at ``path``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.to_payload(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as temporary:
+            torch.save(self.to_payload(), temporary)
 
     @classmethod
     def from_payload(cls, payload: Any, source: str = "checkpoint") -> "SegmentationModel":
@@ -164,7 +155,7 @@ class SegmentationModel:
         return cls.from_payload(payload, source=f"model file {str(path)!r}")
 
 
-def load_model(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, Normalization]:
+def load_network(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, Normalization]:
     """The torch network (CPU, eval) and its input normalisation, for use with other tools.
 
     Feed it ``normalization.apply(image_cf)`` as (N, C, *spatial) float32; its

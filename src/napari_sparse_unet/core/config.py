@@ -12,13 +12,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import ConfigError
+from .rules import check_device_name
+
 Norm = Literal["instance", "batch"]
-Device = Literal["auto", "cpu", "cuda", "mps"]
+Device = Literal["auto", "cpu", "cuda", "mps"]  # rules.DEVICE_NAMES, spelled out for type checkers
 TopKernel = Literal["full", "planar", "point"]
-
-
-class ConfigError(ValueError):
-    """A setting has a value that cannot work; the message names it."""
 
 
 def _check(condition: bool, message: str) -> None:
@@ -220,7 +219,7 @@ class TrainConfig:
         _check(self.dice_weight >= 0, f"dice_weight must be >= 0, got {self.dice_weight}")
         _check(self.max_class_weight >= 1, f"max_class_weight must be >= 1, got {self.max_class_weight}")
         _check(self.validate_every >= 1, f"validate_every must be >= 1, got {self.validate_every}")
-        _check(self.device in ("auto", "cpu", "cuda", "mps"), f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+        check_device_name(self.device)
         _check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,7 +241,7 @@ class PredictConfig:
     ``overlap`` is a fraction of the model's *training patch*, not of the tile:
     neighbouring tiles share ``overlap`` × patch voxels per axis, the context the
     network was trained with, so big tiles do not pay for a big overlap.
-    ``tile_size`` ``None`` picks the largest tile that fits ``memory_budget_mb``
+    ``tile_size`` ``None`` picks the tiling that computes the fewest voxels within ``memory_budget_mb``
     (the network is fully convolutional, so it need not equal the training patch).
     """
 
@@ -259,7 +258,7 @@ class PredictConfig:
         object.__setattr__(self, "tile_size", _optional_shape(self.tile_size, "tile_size"))
         _check(self.memory_budget_mb >= 16, f"memory_budget_mb must be >= 16, got {self.memory_budget_mb}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(self.device in ("auto", "cpu", "cuda", "mps"), f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+        check_device_name(self.device)
 
 
 # A few named presets beat twenty knobs.  The CPU preset is the shipped default,

@@ -1,4 +1,6 @@
-"""Input validation, the label convention and intensity normalisation.
+"""Scans of images and annotations, the label convention and intensity normalisation.
+
+What input is valid is decided in :mod:`.rules`.
 
 Axis order: images are channel-first, (C, Z, Y, X) for volumes and (C, Y, X)
 for 2-D images; annotations have the spatial shape only.
@@ -16,43 +18,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import InputError
+
 # Voxels read per step when scanning big arrays, so checks never hold a float copy.
 _CHUNK_VOXELS = 1 << 22
 
 
-class InputError(ValueError):
-    """Bad user input; the message names the offending value."""
-
-
 def _shape(array: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in array.shape)
-
-
-def as_channel_first(image: Any, spatial_dims: int | None = None) -> Any:
-    """Return ``image`` as (C, *spatial) without copying.
-
-    Args:
-        image: (Z, Y, X), (C, Z, Y, X), (Y, X) or (C, Y, X) array-like.
-        spatial_dims: 2 or 3 when known (from an annotation or a model);
-            otherwise 2-D and 3-D inputs are taken as single-channel.
-    """
-    shape = _shape(image)
-    ndim = len(shape)
-    if ndim < 2 or ndim > 4:
-        raise InputError(
-            f"image has {ndim} dimensions {shape}, but a 3-D volume (Z, Y, X), a 2-D image (Y, X) "
-            "or either with a leading channel axis was expected"
-        )
-    if spatial_dims is None:
-        spatial_dims = min(ndim, 3)
-    if ndim == spatial_dims:
-        return image[np.newaxis]
-    if ndim == spatial_dims + 1:
-        return image
-    raise InputError(
-        f"image of shape {shape} does not fit {spatial_dims}-D data: expected {spatial_dims} spatial axes "
-        "with an optional leading channel axis"
-    )
 
 
 def check_finite(image: Any) -> None:
@@ -93,58 +66,6 @@ def annotation_counts(annotation: Any) -> dict[int, int]:
             if v != 0:
                 counts[int(v)] = counts.get(int(v), 0) + int(c)
     return counts
-
-
-def check_annotation_values(counts: dict[int, int]) -> None:
-    """Check that background and at least one class are painted."""
-    if not counts:
-        raise InputError("the annotation has no annotated voxel: paint background (label 1) and at least one class (label 2 or more)")
-    negative = [v for v in counts if v < 0]
-    if negative:
-        raise InputError(f"annotation values must be >= 0, found {sorted(negative)}")
-    if 1 not in counts:
-        raise InputError(
-            f"only classes {sorted(counts)} are annotated: paint some background (label 1) too, "
-            "so the network learns what is not an object"
-        )
-    if len(counts) < 2:
-        raise InputError("only background (label 1) is annotated: paint at least one class (label 2 or more) too")
-
-
-def validate_pair(image: Any, annotation: Any) -> tuple[Any, np.ndarray]:
-    """Check one training pair and return (image (C, *spatial), annotation (*spatial)).
-
-    The annotation is returned as an integer numpy array; the image keeps its dtype.
-    """
-    ann_shape = _shape(annotation)
-    if len(ann_shape) not in (2, 3):
-        raise InputError(
-            f"annotation has {len(ann_shape)} dimensions {ann_shape}, but a 3-D (Z, Y, X) or 2-D (Y, X) "
-            "labels array was expected"
-        )
-    ann_dtype = np.dtype(annotation.dtype)
-    if not (np.issubdtype(ann_dtype, np.integer) or ann_dtype == np.bool_):
-        raise InputError(f"annotation has dtype {ann_dtype}; integer labels were expected")
-    image_cf = as_channel_first(image, spatial_dims=len(ann_shape))
-    if _shape(image_cf)[1:] != ann_shape:
-        raise InputError(
-            f"image shape {_shape(image)} does not match annotation shape {ann_shape}: "
-            "they must have the same spatial size"
-        )
-    check_finite(image_cf)
-    annotation = np.asarray(annotation)
-    check_annotation_values(annotation_counts(annotation))
-    return image_cf, annotation
-
-
-def class_values_of(annotations: Sequence[np.ndarray]) -> tuple[int, ...]:
-    """Sorted annotation values painted anywhere; the first is always 1 (background)."""
-    total: dict[int, int] = {}
-    for annotation in annotations:
-        for value, count in annotation_counts(annotation).items():
-            total[value] = total.get(value, 0) + count
-    check_annotation_values(total)
-    return tuple(sorted(total))
 
 
 def label_lut(class_values: Sequence[int]) -> np.ndarray:

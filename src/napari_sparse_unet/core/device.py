@@ -19,7 +19,8 @@ import sys
 
 import torch
 
-from .data import InputError
+from .errors import InputError
+from .rules import check_device_name
 
 # "1" forces CPU bfloat16 on (training too), "0" off (benchmarks compare the two; tests pin one).
 CPU_BF16_ENV = "NAPARI_SPARSE_UNET_CPU_BF16"
@@ -31,6 +32,7 @@ def _mps_available() -> bool:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple's MPS, then the CPU; other names are checked."""
+    check_device_name(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -41,19 +43,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise InputError("device 'cuda' was requested but no CUDA GPU is available")
     if name == "mps" and not _mps_available():
         raise InputError("device 'mps' was requested but Apple's MPS backend is not available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
     return torch.device(name)
 
 
 def available_devices() -> list[str]:
-    """Device names usable on this machine, best first, for pickers."""
-    names = []
-    if torch.cuda.is_available():
-        names.append("cuda")
-    if _mps_available():
-        names.append("mps")
-    return names + ["cpu"]
+    """Device names usable on this machine (of :data:`~.rules.DEVICE_NAMES`), best first, for pickers."""
+    usable = {"cuda": torch.cuda.is_available(), "mps": _mps_available(), "cpu": True}  # best first
+    return [name for name, available in usable.items() if available]
 
 
 @functools.lru_cache(maxsize=1)

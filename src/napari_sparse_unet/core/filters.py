@@ -193,7 +193,7 @@ def filter_volume(bank: FilterBank, image_cf: np.ndarray, slab_voxels: int = 1 <
     Computed slab by slab along the first axis with the bank's halo (mirrored at
     the border), so the result equals what the bank gives any tile of the volume.
     """
-    from .sampling import _crop_with_padding
+    from .sampling import crop_with_padding
 
     spatial = image_cf.shape[1:]
     plane = int(np.prod(spatial[1:]))
@@ -202,6 +202,6 @@ def filter_volume(bank: FilterBank, image_cf: np.ndarray, slab_voxels: int = 1 <
     halo = bank.halo
     for z in range(0, spatial[0], depth):
         size = [min(depth, spatial[0] - z), *spatial[1:]]
-        block = _crop_with_padding(image_cf, [z - halo[0], *(-h for h in halo[1:])], [s + 2 * h for s, h in zip(size, halo)], fill=None)
+        block = crop_with_padding(image_cf, [z - halo[0], *(-h for h in halo[1:])], [s + 2 * h for s, h in zip(size, halo)], fill=None)
         out[:, z : z + size[0]] = bank(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))[None])[0].numpy()
     return out

@@ -225,7 +225,3 @@ class UNet(nn.Module):
 def build_model(config: ModelConfig) -> UNet:
     """A freshly initialised U-Net for ``config``."""
     return UNet(config)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

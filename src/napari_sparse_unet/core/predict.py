@@ -24,9 +24,12 @@ import numpy as np
 import torch
 
 from .config import ModelConfig, PredictConfig
-from .data import InputError, check_finite, label_lut
-from .sampling import _crop_with_padding
-from .tiling import _per_axis, SlabStitcher, blending_window, overlap_voxels, tile_grid
+from .data import label_lut
+from .errors import InputError
+from .generators import run_to_end
+from .rules import check_network_size, image_for_model
+from .sampling import crop_with_padding
+from .tiling import SlabStitcher, blending_window, per_axis_values, overlap_voxels, tile_grid
 from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -143,7 +146,6 @@ def choose_tile_size(
     model_config: ModelConfig,
     image_spatial_shape: Sequence[int],
     memory_budget_mb: float,
-    device: str | torch.device = "cpu",
     *,
     overlap: Sequence[int] | int = 0,
     min_tile: Sequence[int] | None = None,
@@ -160,13 +162,12 @@ def choose_tile_size(
     tilings within 2 % of the cheapest, the one with fewest tiles wins, then
     the one with the largest trailing axes (whole Y/X planes where possible).
 
+    Memory is estimated for float32 activations on every device, which
+    over-estimates mixed precision on CUDA.
+
     Args:
-        device: where tiles run; accepted for symmetry with the predictor.
-            Memory is estimated for float32 activations everywhere, which
-            over-estimates mixed precision on CUDA.
         overlap: voxels shared by neighbouring tiles, per axis or one for all.
     """
-    del device  # the same estimate everywhere (see above)
     shape = tuple(int(s) for s in image_spatial_shape)
     dims = len(shape)
     if dims != model_config.spatial_dims:
@@ -214,12 +215,12 @@ def _read_tile(
 ) -> np.ndarray:
     """(C, *(tile + 2·halo)) float32: the image under the tile and its halo, normalised, mirrored past the border."""
     halo = (0,) * len(tile) if halo is None else tuple(halo)
-    raw = _crop_with_padding(image_cf, [a - h for a, h in zip(start, halo)], [t + 2 * h for t, h in zip(tile, halo)], fill=None)
+    raw = crop_with_padding(image_cf, [a - h for a, h in zip(start, halo)], [t + 2 * h for t, h in zip(tile, halo)], fill=None)
     x = normalize(raw) if normalize is not None else raw
     return np.asarray(x, dtype=np.float32)
 
 
-def iter_predict(
+def sliding_window_predict(
     predictor: Predictor,
     image_cf: Any,
     *,
@@ -271,7 +272,7 @@ def iter_predict(
         raise ValueError(f"labels_out has shape {tuple(labels_out.shape)}, expected {spatial}")
     if probabilities_out is not None and tuple(probabilities_out.shape) != (num_classes, *spatial):
         raise ValueError(f"probabilities_out has shape {tuple(probabilities_out.shape)}, expected {(num_classes, *spatial)}")
-    overlaps = _per_axis(overlap, len(spatial), "overlap")
+    overlaps = per_axis_values(overlap, len(spatial), "overlap")
     grid = tile_grid(spatial, tile, overlaps)
     # Ramps as long as the guaranteed overlap: neighbours cross-fade over it.
     margins = [overlap_voxels(t, o) for t, o in zip(tile, overlaps)]
@@ -322,41 +323,6 @@ def _write_slab(
 # --------------------------------------------------------------------------- high level
 
 
-def _model_image(model: Any, image: Any) -> Any:
-    """``image`` as (C, *spatial) for ``model``; InputError naming the shapes otherwise."""
-    dims, channels = int(model.spatial_dims), int(model.in_channels)
-    shape = tuple(int(s) for s in image.shape)
-    axes = "Z, Y, X" if dims == 3 else "Y, X"
-    if len(shape) == dims and channels == 1:
-        image_cf = image[np.newaxis] if isinstance(image, np.ndarray) else _ChannelFirst(image)
-    elif len(shape) == dims + 1 and shape[0] == channels:
-        image_cf = image
-    else:
-        if channels == 1:
-            expected = f"a {dims}-D {'volume' if dims == 3 else 'image'} ({axes}) or (1, {axes})"
-        else:
-            expected = f"({channels}, {axes}): {channels} channels first, then {dims} spatial axes"
-        raise InputError(f"image of shape {shape} does not fit the model, which expects {expected}")
-    if min(shape[-dims:]) < 1:
-        raise InputError(f"image of shape {shape} is empty")
-    check_finite(image)
-    return image_cf
-
-
-class _ChannelFirst:
-    """(1, *spatial) read-only view of a single-channel array-like (zarr has no ``np.newaxis`` indexing)."""
-
-    def __init__(self, array: Any) -> None:
-        self.array = array
-        self.shape = (1, *tuple(int(s) for s in array.shape))
-        self.ndim = len(self.shape)
-        self.dtype = array.dtype
-
-    def __getitem__(self, key: tuple) -> np.ndarray:
-        # Only the reads made by _read_tile: all channels, then spatial slices.
-        return np.asarray(self.array[key[1:]])[np.newaxis]
-
-
 def plan_prediction(model: Any, spatial_shape: Sequence[int], config: PredictConfig) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """(tile shape, overlap as a fraction of the tile per axis) for ``model`` on ``spatial_shape``.
 
@@ -369,18 +335,12 @@ def plan_prediction(model: Any, spatial_shape: Sequence[int], config: PredictCon
     patch = tuple(int(p) for p in getattr(model, "patch_size", None) or model.model_config.size_multiple())
     halo = [overlap_voxels(p, config.overlap) for p in patch]
     if config.tile_size is not None:
-        tile = tuple(config.tile_size)
-        if len(tile) != len(shape):
-            raise InputError(f"tile_size {tile} does not have {len(shape)} values for an image of spatial shape {shape}")
-        multiple = model.model_config.size_multiple()
-        if any(t % m for t, m in zip(tile, multiple)):
-            raise InputError(f"tile_size {tile} must be a multiple of {multiple} along each axis for this network")
+        tile = check_network_size("tile_size", config.tile_size, model.model_config.size_multiple())
     else:
         tile = choose_tile_size(
             model.model_config,
             shape,
             config.memory_budget_mb,
-            config.device,
             overlap=halo,
             min_tile=patch,
             batch_size=config.batch_size,
@@ -411,7 +371,7 @@ def predict_iter(
     Yields :class:`PredictEvent` after each batch of tiles (closing the
     generator there cancels) and returns ``labels_out``.
     """
-    image_cf = _model_image(model, image)
+    image_cf = image_for_model(image, int(model.spatial_dims), int(model.in_channels))
     spatial = tuple(int(s) for s in image_cf.shape[1:])
     lut = model.output_lut() if hasattr(model, "output_lut") else label_lut(model.class_values)
     if labels_out is None:
@@ -425,7 +385,7 @@ def predict_iter(
     device = resolve_device(config.device)
     tile, overlap = plan_prediction(model, spatial, config)
     predictor = make_predictor(model, device, config.mixed_precision, config.tta)
-    yield from iter_predict(
+    yield from sliding_window_predict(
         predictor,
         image_cf,
         num_classes=model.num_classes,
@@ -453,10 +413,4 @@ def predict(
 ) -> Any:
     """Blocking :func:`predict_iter`: returns the labels (spatial shape), calling ``progress`` per batch."""
     events = predict_iter(model, image, config, labels_out=labels_out, probabilities_out=probabilities_out)
-    while True:
-        try:
-            event = next(events)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return run_to_end(events, progress)

@@ -42,7 +42,7 @@ def _reflect_indices(start: int, size: int, dim: int) -> np.ndarray:
     return np.where(index < dim, index, period - index)
 
 
-def _crop_with_padding(array: Any, start: Sequence[int], size: Sequence[int], fill: float | None) -> np.ndarray:
+def crop_with_padding(array: Any, start: Sequence[int], size: Sequence[int], fill: float | None) -> np.ndarray:
     """array[..., start:start+size] over the trailing spatial axes, padded where it leaves the array.
 
     ``fill`` None pads by reflection, else with the constant.  Only the needed
@@ -135,8 +135,8 @@ class PatchSampler:
             start.append(int(c) - offset)
         image_start = [s - h for s, h in zip(start, self.halo)]
         image_size = [p + 2 * h for p, h in zip(self.patch_size, self.halo)]
-        image = self.normalize(_crop_with_padding(volume.image, image_start, image_size, fill=None))
-        target = _crop_with_padding(volume.target, start, self.patch_size, fill=-1).astype(np.int64)
+        image = self.normalize(crop_with_padding(volume.image, image_start, image_size, fill=None))
+        target = crop_with_padding(volume.target, start, self.patch_size, fill=-1).astype(np.int64)
         if self.augment:
             image, target = self._geometric(image, target)
             image = self._intensity(image)

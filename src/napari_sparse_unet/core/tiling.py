@@ -23,7 +23,7 @@ Shape = tuple[int, ...]
 WINDOW_FLOOR = 1e-3
 
 
-def _per_axis(value: float | Sequence[float], ndim: int, name: str) -> tuple[float, ...]:
+def per_axis_values(value: float | Sequence[float], ndim: int, name: str) -> tuple[float, ...]:
     if isinstance(value, (int, float, np.integer, np.floating)):
         return (float(value),) * ndim
     values = tuple(float(v) for v in value)
@@ -73,7 +73,7 @@ def tile_grid(shape: Sequence[int], tile_shape: Sequence[int], overlap: float | 
     tile_shape = tuple(int(t) for t in tile_shape)
     if len(tile_shape) != len(shape):
         raise ValueError(f"tile shape {tile_shape} and volume shape {shape} differ in length")
-    overlaps = _per_axis(overlap, len(shape), "overlap")
+    overlaps = per_axis_values(overlap, len(shape), "overlap")
     per_axis = [tile_starts(s, t, o) for s, t, o in zip(shape, tile_shape, overlaps)]
     grids = np.meshgrid(*[np.asarray(p) for p in per_axis], indexing="ij")
     # 'ij' meshgrid flattened in C order is already lexicographic (axis 0 major).
@@ -162,10 +162,6 @@ class SlabStitcher:
     @property
     def tiles_total(self) -> int:
         return len(self._firsts)
-
-    @property
-    def tiles_added(self) -> int:
-        return self._added
 
     @property
     def buffer_shape(self) -> Shape:

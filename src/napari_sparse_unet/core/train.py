@@ -12,7 +12,6 @@ have the spatial shape, 0 = not annotated, 1 = background, 2.. = classes.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -23,18 +22,16 @@ import torch
 
 from .checkpoint import SegmentationModel
 from .config import ModelConfig, TrainConfig
-from .data import (
-    InputError,
-    annotation_to_target,
-    class_values_of,
-    fit_normalization,
-    validate_pair,
-)
+from .data import annotation_to_target, fit_normalization
+from .errors import InputError
+from .generators import run_to_end
+from .metrics import dice_per_class, mean_dice
+from .rules import check_network_size, check_spacing, check_training_pair, finetune_problem, painted_values
 from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
 from .filters import FEATURES_PER_SCALE, axis_sigmas, filter_volume, level_feature_mask
 from .losses import class_weights_from_counts, sparse_segmentation_loss
 from .model import build_model, choose_patch_size, plan_network
-from .sampling import PatchSampler, TrainingVolume, _crop_with_padding
+from .sampling import PatchSampler, TrainingVolume, crop_with_padding
 
 # Hold out a slice for validation only when this many annotated slices exist,
 # so a user who painted three slices trains on all three.
@@ -97,9 +94,10 @@ class Trainer:
     ) -> None:
         if len(images) == 0 or len(images) != len(annotations):
             raise InputError(f"expected one annotation per image, got {len(images)} images and {len(annotations)} annotations")
-        pairs = [validate_pair(image, annotation) for image, annotation in zip(images, annotations)]
+        pairs = [check_training_pair(image, annotation) for image, annotation in zip(images, annotations)]
         images_cf = [p[0] for p in pairs]
         annotations = [p[1] for p in pairs]
+        painted = painted_values([p[2] for p in pairs])
         dims = annotations[0].ndim
         channels = images_cf[0].shape[0]
         for image_cf, annotation in zip(images_cf, annotations):
@@ -108,34 +106,22 @@ class Trainer:
                     f"all images must have the same dimensionality and channels; got {dims}-D with {channels} channel(s) "
                     f"and {annotation.ndim}-D with {image_cf.shape[0]} channel(s)"
                 )
-        if spacing is not None:
-            spacing = tuple(float(s) for s in spacing)
-            if len(spacing) != dims or any(not math.isfinite(s) or s <= 0 for s in spacing):
-                raise InputError(f"spacing {spacing} must hold {dims} positive numbers, one per spatial axis")
+        spacing = check_spacing(spacing, dims)
         self.config = config
         self.spacing = spacing
         self.device = resolve_device(config.device)
 
         if initial is not None:
-            if initial.spatial_dims != dims or initial.in_channels != channels:
-                raise InputError(
-                    f"the model to fine-tune expects {initial.spatial_dims}-D images with {initial.in_channels} channel(s), "
-                    f"but the image is {dims}-D with {channels} channel(s)"
-                )
-            painted = class_values_of(annotations)
-            unknown = sorted(set(painted) - set(initial.class_values))
-            if unknown:
-                raise InputError(
-                    f"the annotation uses labels {unknown} that the model does not know (its labels are "
-                    f"{list(initial.class_values)}); train a new model to add classes"
-                )
+            problem = finetune_problem(initial, images_cf[0].shape, painted)
+            if problem:
+                raise InputError(problem)
             self.class_values = initial.class_values
             self.normalization = initial.normalization
             self.model_config = initial.model_config
             self.class_names = initial.class_names
             self.spacing = spacing if spacing is not None else initial.spacing
         else:
-            self.class_values = class_values_of(annotations)
+            self.class_values = painted
             self.normalization = fit_normalization(images_cf, seed=config.seed, equalize=config.equalize)
             pool_factors, conv_kernels = plan_network(spacing, config.depth, dims)
             if config.top_kernel == "planar" and dims == 3:
@@ -193,13 +179,7 @@ class Trainer:
     def _patch_size(self, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
         multiple = self.model_config.size_multiple()
         if self.config.patch_size is not None:
-            patch = self.config.patch_size
-            if len(patch) != len(multiple) or any(p % m for p, m in zip(patch, multiple)):
-                raise InputError(
-                    f"patch size {patch} must have {len(multiple)} values, each a multiple of {multiple} "
-                    f"(the network down-samples by these factors)"
-                )
-            return patch
+            return check_network_size("patch size", self.config.patch_size, multiple)
         budget = self.config.patch_voxels if len(multiple) == 3 else int(round(self.config.patch_voxels ** (2 / 3))) * 16
         depth = self.config.plane_patch_depth
         if depth and len(multiple) == 3 and self._painted_on_z_planes():
@@ -238,11 +218,11 @@ class Trainer:
             start.append(int((lo + hi) // 2 - extent // 2))
         crop_target = np.full(size, -1, dtype=np.int64)
         # Only the held-out slice is scored; it sits at index z - start[0] of the crop.
-        slice_target = _crop_with_padding(targets[v][z : z + 1], [0, start[1], start[2]], [1, size[1], size[2]], fill=-1)
+        slice_target = crop_with_padding(targets[v][z : z + 1], [0, start[1], start[2]], [1, size[1], size[2]], fill=-1)
         crop_target[z - start[0]] = slice_target[0]
         halo = self.model_config.input_halo
         image = self.normalization.apply(
-            _crop_with_padding(images_cf[v], [s - h for s, h in zip(start, halo)], [n + 2 * h for n, h in zip(size, halo)], fill=None)
+            crop_with_padding(images_cf[v], [s - h for s, h in zip(start, halo)], [n + 2 * h for n, h in zip(size, halo)], fill=None)
         )
         targets[v][z] = -1
         if not any((t >= 0).any() for t in targets):
@@ -301,7 +281,8 @@ class Trainer:
         logits = network(self._validation.image.to(self.device))
         network.train(was_training)
         predicted = logits.argmax(1)[0].cpu().numpy()
-        return dice_on_annotated(predicted, self._validation.target, len(self.class_values))
+        target = self._validation.target
+        return mean_dice(dice_per_class(predicted, target, range(1, len(self.class_values)), where=target >= 0))
 
     # ----------------------------------------------------------------- loop
     def run(self) -> Generator[TrainEvent, None, SegmentationModel]:
@@ -373,7 +354,7 @@ class Trainer:
                 self._history = {"steps": previous_steps + step, "seconds": elapsed, "loss": loss_value}
                 val_dice = None
                 if step % config.validate_every == 0:
-                    val_dice = self._checkpoint(network)
+                    val_dice = self._score_and_keep(network)
                 yield TrainEvent(
                     step=step,
                     max_steps=config.max_steps,
@@ -389,7 +370,7 @@ class Trainer:
         finally:
             # Runs on normal end and when the caller closes the generator (cancel).
             if finished:
-                self._checkpoint(network)
+                self._score_and_keep(network)
             elif self._validation is None or self._best_state is None:
                 self._keep(network, math.inf)
             network.to("cpu").eval()
@@ -398,7 +379,7 @@ class Trainer:
         assert model is not None
         return model
 
-    def _checkpoint(self, network: torch.nn.Module) -> float | None:
+    def _score_and_keep(self, network: torch.nn.Module) -> float | None:
         """Measure validation Dice (if any) and keep the model when it is the best."""
         if self._validation is None:
             self._keep(network, math.inf)
@@ -447,22 +428,6 @@ def _as_float32(array: np.ndarray) -> np.ndarray:
     return np.asarray(array, dtype=np.float32)
 
 
-def dice_on_annotated(predicted: np.ndarray, target: np.ndarray, num_classes: int) -> float:
-    """Mean foreground Dice of class indices ``predicted`` against ``target`` where ``target >= 0``.
-
-    Classes absent from both are skipped; NaN when no foreground class occurs at all.
-    """
-    scored = target >= 0
-    p, t = predicted[scored], target[scored]
-    scores = []
-    for k in range(1, num_classes):
-        pk, tk = p == k, t == k
-        denominator = int(pk.sum()) + int(tk.sum())
-        if denominator:
-            scores.append(2.0 * int((pk & tk).sum()) / denominator)
-    return float(np.mean(scores)) if scores else math.nan
-
-
 def train(
     images: Sequence[Any],
     annotations: Sequence[Any],
@@ -471,19 +436,4 @@ def train(
 ) -> SegmentationModel:
     """Blocking convenience: run a :class:`Trainer` to the end and return its best model."""
     trainer = Trainer(images, annotations, config, **kwargs)
-    generator = trainer.run()
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
-
-
-def with_budget(config: TrainConfig, steps: int | None = None, seconds: float | None = None) -> TrainConfig:
-    """``config`` with a new step and/or time budget."""
-    changes: dict[str, Any] = {}
-    if steps is not None:
-        changes["max_steps"] = steps
-    if seconds is not None:
-        changes["max_time"] = seconds
-    return dataclasses.replace(config, **changes)
+    return run_to_end(trainer.run())

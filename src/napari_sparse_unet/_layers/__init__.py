@@ -1,0 +1,79 @@
+"""The adapter between napari layers and the headless core.
+
+This package is the only code that touches napari layer objects.  Data flows one way:
+layer data and metadata are copied here on the main thread, the core works on the
+copies in a worker thread, and the results come back here to become layer data.
+
+Axis order: napari image data is (Z, Y, X) or (Y, X); a multi-channel image is a
+4-D (C, Z, Y, X) layer, an RGB(A) (Y, X, 3|4) layer, or a 3-D layer whose first
+axis the user marks as channels.  Everything handed to the core is channel-first,
+(C, *spatial).  Annotations and predictions have the spatial shape only.
+
+Label convention: annotation 0 = not painted, 1 = background, 2.. = classes;
+predictions show background as 0 and each class with its painted value.
+"""
+
+from .annotations import (
+    AnnotationWatcher,
+    add_annotation_layer,
+    annotation_copy,
+    class_names_of,
+    copy_slice_to_annotation,
+    dirty_slices_of_paint,
+    label_color_hex,
+)
+from .images import ImageSnapshot, LayerError, image_channel_axis, image_snapshot, spatial_shape_of
+from .lists import (
+    annotation_layers,
+    fits_image,
+    follow_layer_list,
+    guess_annotation,
+    image_layer_named,
+    image_layers,
+    in_viewer,
+    named_choices,
+    preferred_image,
+)
+from .predictions import (
+    PREDICTION_KEY,
+    ensure_prediction_layer,
+    find_prediction_layer,
+    prediction_of,
+    show_prediction,
+    show_probabilities,
+    write_preview,
+)
+from .view import viewed_slice, visible_box
+
+__all__ = [
+    "PREDICTION_KEY",
+    "AnnotationWatcher",
+    "ImageSnapshot",
+    "LayerError",
+    "add_annotation_layer",
+    "annotation_copy",
+    "annotation_layers",
+    "class_names_of",
+    "copy_slice_to_annotation",
+    "dirty_slices_of_paint",
+    "ensure_prediction_layer",
+    "find_prediction_layer",
+    "fits_image",
+    "follow_layer_list",
+    "guess_annotation",
+    "image_channel_axis",
+    "image_layer_named",
+    "image_layers",
+    "image_snapshot",
+    "in_viewer",
+    "label_color_hex",
+    "named_choices",
+    "preferred_image",
+    "prediction_of",
+    "show_prediction",
+    "show_probabilities",
+    "spatial_shape_of",
+    "viewed_slice",
+    "visible_box",
+    "write_preview",
+]

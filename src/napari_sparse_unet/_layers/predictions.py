@@ -1,0 +1,116 @@
+"""Writing results: the prediction layer (made once per image, updated after), previews, probabilities."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .images import ImageSnapshot, spatial_shape_of
+
+if TYPE_CHECKING:  # napari only for type hints: importing this stays cheap
+    import napari
+    from napari.layers import Image, Labels
+
+
+PREDICTION_KEY = "sparse_unet_prediction_of"  # layer.metadata key: name of the predicted image
+
+
+def find_prediction_layer(viewer: napari.Viewer, image_name: str, shape: tuple[int, ...]) -> Labels | None:
+    """The prediction layer made for ``image_name`` with this spatial shape, if any."""
+    from napari.layers import Labels
+
+    for layer in viewer.layers:
+        if (
+            isinstance(layer, Labels)
+            and layer.metadata.get(PREDICTION_KEY) == image_name
+            and tuple(layer.data.shape) == tuple(shape)
+        ):
+            return layer
+    return None
+
+
+def _copy_colormap(target: Labels, annotation: Labels | None) -> None:
+    if annotation is None:
+        return
+    try:  # an EventedModel copy, so the two layers do not share one evented object
+        target.colormap = annotation.colormap.model_copy(deep=True)
+    except Exception:
+        target.colormap = annotation.colormap
+
+
+def show_prediction(
+    viewer: napari.Viewer,
+    labels: np.ndarray,
+    image: ImageSnapshot,
+    annotation: Labels | None = None,
+    name: str = "prediction",
+) -> Labels:
+    """Add or update the prediction layer of ``image`` with ``labels`` (*spatial).
+
+    Colours are copied from the annotation layer so a class looks the same in
+    both; scale and translate are the image's.
+    """
+    layer = find_prediction_layer(viewer, image.name, labels.shape)
+    if layer is None:
+        layer = viewer.add_labels(labels, name=name, scale=image.scale, translate=image.translate, opacity=0.6)
+        layer.metadata[PREDICTION_KEY] = image.name
+        layer.editable = True
+    else:
+        layer.data = labels
+    _copy_colormap(layer, annotation)
+    return layer
+
+
+def prediction_of(viewer: napari.Viewer, image: Image, first_axis_is_channel: bool = False) -> tuple[str, Labels | None]:
+    """(name of ``image``, the prediction layer made for it or None)."""
+    return image.name, find_prediction_layer(viewer, image.name, spatial_shape_of(image, first_axis_is_channel))
+
+
+def ensure_prediction_layer(
+    viewer: napari.Viewer, image: ImageSnapshot, dtype: Any, annotation: Labels | None = None
+) -> Labels:
+    """The prediction layer of ``image``, created empty (all 0) when missing."""
+    layer = find_prediction_layer(viewer, image.name, image.spatial_shape)
+    if layer is not None:
+        if np.dtype(layer.data.dtype).itemsize < np.dtype(dtype).itemsize:
+            layer.data = layer.data.astype(dtype)
+        return layer
+    return show_prediction(viewer, np.zeros(image.spatial_shape, dtype=dtype), image, annotation)
+
+
+def write_preview(layer: Labels, region: tuple[slice, ...], labels: np.ndarray) -> None:
+    """Write a preview block (the shape of ``region``) into the prediction layer."""
+    layer.data[region] = labels
+    layer.refresh(extent=False, highlight=False)  # the extent is unchanged: only the shown slice is redone
+
+
+def show_probabilities(
+    viewer: napari.Viewer,
+    probabilities: np.ndarray,
+    image: ImageSnapshot,
+    class_values: tuple[int, ...],
+    class_names: tuple[str, ...] | None = None,
+) -> list[Image]:
+    """Add or update one probability image layer per foreground class.
+
+    ``probabilities`` is (K, *spatial) float32; class 0 (background) is not shown.
+    """
+    from napari.layers import Image
+
+    layers = []
+    for k in range(1, probabilities.shape[0]):
+        label = class_names[k] if class_names and k < len(class_names) else f"class {class_values[k]}"
+        name = f"probability {label}"
+        existing = viewer.layers[name] if name in viewer.layers else None
+        if isinstance(existing, Image) and existing.data.shape == probabilities[k].shape:
+            existing.data = probabilities[k]
+            layers.append(existing)
+        else:
+            layers.append(
+                viewer.add_image(
+                    probabilities[k], name=name, scale=image.scale, translate=image.translate,
+                    colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", visible=False,
+                )
+            )
+    return layers

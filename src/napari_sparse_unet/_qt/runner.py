@@ -1,0 +1,152 @@
+"""One object owns the running job: its worker thread, stopping it, and shutting down.
+
+The job (``core.jobs``) is a generator; napari's ``create_worker`` runs it in a
+thread and delivers its events to handlers on the main thread.  Stopping asks
+the job to end at its next step; a worker cancelled from outside (napari's
+activity dock, closing the window) is closed here, so a training still keeps
+its best model.  Messages of bad input are shown as they are; any other
+exception is a bug and is shown with its type.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Generator
+from typing import Any
+
+from qtpy.QtCore import QEvent, QObject, QThreadPool, QTimer, Signal
+from qtpy.QtWidgets import QApplication
+
+from ..core.errors import UserInputError
+from ..core.jobs import Job
+
+
+def error_message(error: BaseException) -> str:
+    """The user's mistake as its message; anything else as a bug, with the exception's type."""
+    return str(error) if isinstance(error, UserInputError) else f"{type(error).__name__}: {error}"
+
+
+class _Current:
+    """The running job, in a plain object: the widget's ``destroyed`` hook may not touch Qt objects."""
+
+    job: Job | None = None
+
+    def stop(self, *_: Any) -> None:
+        if self.job is not None:
+            self.job.stop()
+
+
+class JobRunner(QObject):
+    """Runs one job at a time in a worker thread.
+
+    Handlers given to :meth:`start` run on the main thread: ``yielded(event)``,
+    ``returned(result)``, ``failed(message)`` and ``aborted()`` (the worker was
+    cancelled from outside; the job has been closed).  ``busy_changed`` is
+    emitted when a job starts and when it has finished in every way.
+    """
+
+    busy_changed = Signal(bool)
+
+    def __init__(self, parent: QObject) -> None:
+        super().__init__(parent)
+        self.job: Job | None = None
+        self.worker: Any = None
+        self._generator: Generator[Any, None, Any] | None = None
+        self._current = _Current()
+        self._window: weakref.ref[QObject] | None = None
+        parent.destroyed.connect(self._current.stop)  # last resort: the widget deleted without a close
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        job: Job,
+        *,
+        yielded: Callable[[Any], None],
+        returned: Callable[[Any], None],
+        failed: Callable[[str], None],
+        aborted: Callable[[], None],
+    ) -> None:
+        from napari.qt.threading import create_worker
+
+        generator = job.run()
+        self.job, self._generator, self._current.job = job, generator, job
+        self._aborted = aborted
+        self._failed = failed
+        self.worker = create_worker(
+            _pass_through,
+            generator,
+            _connect={
+                "yielded": yielded,
+                "returned": returned,
+                "errored": self._on_errored,
+                "aborted": self._on_aborted,
+                "finished": self._on_finished,
+            },
+            _start_thread=False,
+        )
+        self.busy_changed.emit(True)
+        self.worker.start()
+
+    def stop(self) -> None:
+        """Ask the job to end at its next step; a stopped training keeps its best model."""
+        if self.job is not None:
+            self.job.stop()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the job and wait (at most ``timeout`` s) until it has ended: closing napari or the widget."""
+        job, worker = self.job, self.worker
+        if job is None or worker is None:
+            return
+        job.stop()
+        # The job ends at its next step; its thread does not need the main thread for that.
+        if not job.done.wait(timeout):
+            worker.quit()
+        # Let the thread deliver its last signals before Qt objects go away.
+        QThreadPool.globalInstance().waitForDone(int(1000 * timeout))
+
+    def stop_when_closed(self, window: QObject) -> None:
+        """Shut down when ``window`` (napari's main window) is closed; watched weakly, once."""
+        previous = self._window() if self._window is not None else None
+        if window is not previous:
+            if previous is not None:
+                previous.removeEventFilter(self)
+            window.installEventFilter(self)
+            self._window = weakref.ref(window)  # holding napari's window would keep the viewer alive
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if self._window is not None and obj is self._window() and event.type() == QEvent.Type.Close and self.busy:
+            # The close may still be refused (a confirm dialog): stop only once the window is gone.
+            QTimer.singleShot(0, self._shutdown_if_closed)
+        return False
+
+    def _shutdown_if_closed(self) -> None:
+        window = self._window() if self._window is not None else None
+        if window is not None and not window.isVisible():
+            self.shutdown()
+
+    def _on_errored(self, error: BaseException) -> None:
+        self._failed(error_message(error))
+
+    def _on_aborted(self) -> None:
+        # worker.quit() leaves the job at a yield: closing it ends training and keeps the best model.
+        if self._generator is not None:
+            try:
+                self._generator.close()
+            except ValueError:  # still running in the worker: it stops at its next step anyway
+                self.stop()
+        self._aborted()
+
+    def _on_finished(self) -> None:
+        self.job = self.worker = self._generator = self._current.job = None
+        self.busy_changed.emit(False)
+
+
+def _pass_through(generator: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
+    """The worker's function: the runner keeps ``generator`` to close it when the worker is cancelled."""
+    return (yield from generator)

@@ -1,0 +1,28 @@
+"""One family of errors for "the user's input is wrong".
+
+Every front end (the command line, the Python API, the napari widget) shows the
+message of a :class:`UserInputError` as it is: it names the offending value and
+says what would work.  Any other exception is a bug and is reported as one
+(with its type), never as the user's mistake.
+"""
+
+from __future__ import annotations
+
+
+class UserInputError(ValueError):
+    """Base class: the user's input (data, settings, files, layers) cannot be used.
+
+    A ``ValueError`` so that code catching ``ValueError`` keeps working.
+    """
+
+
+class InputError(UserInputError):
+    """An image, an annotation, a shape or a device cannot be used; the message names the value."""
+
+
+class ConfigError(UserInputError):
+    """A setting has a value that cannot work; the message names it."""
+
+
+class CheckpointError(UserInputError):
+    """A model file is missing, corrupt or not one of ours; the message says which."""
