@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, _cli_distributed
 from .core.config import PRESETS, ConfigError, PredictConfig, TrainConfig
 from .core.data import InputError, as_channel_first
 from .io import SUFFIXES, VolumeIOError, create_output, read_volume_with_spacing, volume_format
@@ -268,6 +268,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if spacing and model.spacing and len(spacing) == len(model.spacing) and not np.allclose(spacing, model.spacing, rtol=0.05):
         _say(args, f"warning: image spacing {spacing} differs from the model's training spacing {model.spacing}")
 
+    if _cli_distributed.requested(args):  # --workers, --scheduler, --block-size, --resume
+        return _cli_distributed.run(args, model, config, _UserError)
     lut = model.output_lut()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -452,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tile Z Y X (default: the largest that fits the memory budget)")
     pred.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="tiles per batch (default: 1)")
     _add_common(pred)
+    _cli_distributed.add_options(pred, _positive_int)
     pred.set_defaults(func=cmd_predict)
 
     demo = commands.add_parser(
