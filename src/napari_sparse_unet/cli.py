@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, _cli_distributed
 from .core.config import PRESETS, PredictConfig, TrainConfig
 from .core.errors import InputError, UserInputError
 from .core.jobs import PredictJob, TrainJob
@@ -195,6 +195,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if spacing and model.spacing and len(spacing) == len(model.spacing) and not np.allclose(spacing, model.spacing, rtol=0.05):
         _say(args, f"warning: image spacing {spacing} differs from the model's training spacing {model.spacing}")
 
+    if _cli_distributed.requested(args):  # --workers, --scheduler, --block-size, --resume
+        return _cli_distributed.run(args, model, config, UsageError)
     lut = model.output_lut()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -383,6 +385,7 @@ def _add_predict_command(commands: Any) -> None:
     pred.add_argument("--tile-size", type=_positive_int, nargs="+", metavar="N",
                       help="tile Z Y X (default: the tiling that computes the fewest voxels within the memory budget)")
     pred.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="tiles per batch (default: 1)")
+    _cli_distributed.add_options(pred, _positive_int)
     _add_common(pred, cmd_predict)
 
 

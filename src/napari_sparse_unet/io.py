@@ -174,6 +174,7 @@ def _open_zarr_array(path: Path) -> tuple[Any, tuple[float, ...] | None]:
     spacing = None
     if not hasattr(node, "shape"):  # a group: OME-Zarr's full resolution "0", or its only array
         attrs = dict(node.attrs)
+        attrs = attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs  # OME-Zarr 0.5 nests its metadata
         names = sorted(name for name, _ in node.arrays())
         if "multiscales" in attrs:
             dataset = attrs["multiscales"][0]["datasets"][0]
