@@ -61,10 +61,11 @@ def _import_distributed() -> Any:
 
 @dataclass(frozen=True)
 class BlockResult:
-    """What one task reports: its block, seconds spent, voxels read (with halo) and written."""
+    """What one task reports: its block, seconds spent (wall and CPU of its process), voxels read (with halo) and written."""
 
     name: str
     seconds: float
+    cpu_seconds: float
     voxels_read: int
     voxels_written: int
     worker: str
@@ -83,8 +84,9 @@ class BlockProgress:
 class PredictorPlugin(WorkerPlugin):
     """Worker plugin holding the :class:`BlockPredictor`: pickled to each worker once.
 
-    ``threads`` sets torch's thread count in the worker (Dask's nannies start
-    workers with OMP_NUM_THREADS=1).
+    ``threads`` is torch's thread count in the worker's tasks (Dask's nannies
+    start workers with OMP_NUM_THREADS=1).  It is set in each task, because an
+    OpenMP thread count set in one thread does not reach the task threads.
     """
 
     name = PLUGIN_NAME
@@ -93,17 +95,16 @@ class PredictorPlugin(WorkerPlugin):
         self.block_predictor = block_predictor
         self.threads = threads
 
-    def setup(self, worker: Any = None) -> None:
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(int(self.threads))
-
 
 def _worker_predictor() -> Any:
     from distributed import get_worker
 
-    return get_worker().plugins[PLUGIN_NAME].block_predictor
+    plugin = get_worker().plugins[PLUGIN_NAME]
+    if plugin.threads:
+        import torch
+
+        torch.set_num_threads(int(plugin.threads))
+    return plugin.block_predictor
 
 
 def run_block(
@@ -118,7 +119,7 @@ def run_block(
 
     ``block_predictor`` defaults to the one the worker plugin installed.
     """
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     predictor = block_predictor if block_predictor is not None else _worker_predictor()
     labels, probs = predictor.predict_block(image, block, probabilities_out is not None)
     labels_out[block.core] = labels
@@ -133,7 +134,7 @@ def run_block(
     except (ImportError, ValueError):
         worker = f"pid {os.getpid()}"
     return BlockResult(
-        block.name, time.perf_counter() - start, int(np.prod(block.read_shape)), int(np.prod(block.core_shape)), worker
+        block.name, time.perf_counter() - start, time.process_time() - cpu, int(np.prod(block.read_shape)), int(np.prod(block.core_shape)), worker
     )
 
 
@@ -331,8 +332,13 @@ def predict_zarr(
 @contextlib.contextmanager
 def local_client(workers: int, threads_per_worker: int = 1, memory_limit: str | int | None = "auto") -> Iterator[Any]:
     """A ``distributed.Client`` on a new LocalCluster of ``workers`` processes; both close on exit."""
+    import dask
+
     distributed = _import_distributed()
-    with distributed.LocalCluster(
+    # Dask starts workers with MALLOC_TRIM_THRESHOLD_ set, which turns off glibc's adaptive
+    # mmap threshold: every large tensor is then a fresh mmap and page-faults anew.
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), distributed.LocalCluster(
         n_workers=int(workers), threads_per_worker=int(threads_per_worker), processes=True,
         memory_limit=memory_limit, dashboard_address=None,
     ) as cluster, distributed.Client(cluster) as client:
