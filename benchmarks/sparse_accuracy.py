@@ -336,7 +336,7 @@ def readme_summary(records: list[dict], k: int = 5) -> str:
     rows = [r for r in summary_rows(records, k) if r["annotation"] == f"k{k}-z"]
     budgets = sorted({r["details"]["budget"] for r in records if r["method"] == "unet"})
     lines = [
-        f"**Accuracy from {k} painted slices.** On three public volumes with dense ground truth, {k} z-slices were "
+        f"**Accuracy from {k} painted slices.** On {len(rows)} public volumes with dense ground truth, {k} z-slices were "
         "annotated and the rest of each volume scored (mean foreground Dice on the unannotated voxels; "
         f"`benchmarks/sparse_accuracy.py`, CPU preset, {'/'.join(f'{b:.0f}' for b in budgets) or '–'} s of training on a "
         "2-core CPU; details in `benchmarks/RESULTS.md`):",
