@@ -70,11 +70,12 @@ def run(args: argparse.Namespace, model: Any, config: Any, user_error: type[Exce
     from .core.blockwise import BlockPredictor
     from .distributed import grid_summary, predict_zarr
 
-    from .cli import _fmt_shape, _progress
+    from ._cli_progress import progress_bar
+    from .cli import _fmt_shape
 
     block_predictor = BlockPredictor.from_model(model, config)
     start = time.perf_counter()
-    bar = _progress(1, "predicting", "block", args.quiet)
+    bar = progress_bar(1, "predicting", "block", args.quiet)
 
     def progress(event: Any) -> None:
         bar.total = event.blocks_total
