@@ -146,12 +146,10 @@ class Trainer:
         if len(self.class_names) != len(self.class_values):
             raise InputError(f"got {len(self.class_names)} class names for {len(self.class_values)} classes {list(self.class_values)}")
 
-        self._annotations = annotations
-        self.patch_size = self._patch_size([a.shape for a in annotations])
-        del self._annotations
+        self.patch_size = training_patch_size(config, self.model_config, annotations, self.spacing)
         targets = [annotation_to_target(a, self.class_values).astype(np.int16) for a in annotations]
         self._validation = self._hold_out(images_cf, targets) if config.validation else None
-        self._features = self._feature_bank_fits(images_cf)
+        self._features = feature_bank_fits(self.model_config, images_cf)
         if self._features:
             bank = build_model(self.model_config).filters
             images_cf = [filter_volume(bank, self.normalization.apply(image)) for image in images_cf]
@@ -164,36 +162,6 @@ class Trainer:
         self._history: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- setup
-    def _feature_bank_fits(self, images_cf: Sequence[Any]) -> bool:
-        """Whether the filter features of every training image fit in memory, computed once.
-
-        Then each step reads features instead of filtering a haloed patch again;
-        otherwise patches carry the halo and the network filters them itself.
-        """
-        if not self.model_config.filter_sigmas:
-            return False
-        per_voxel = 2 * self.model_config.in_channels * (1 + FEATURES_PER_SCALE * len(self.model_config.filter_sigmas))
-        voxels = sum(int(np.prod(image.shape[1:])) for image in images_cf)
-        return voxels * per_voxel <= FEATURE_MEMORY_BYTES
-
-    def _patch_size(self, shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
-        multiple = self.model_config.size_multiple()
-        if self.config.patch_size is not None:
-            return check_network_size("patch size", self.config.patch_size, multiple)
-        budget = self.config.patch_voxels if len(multiple) == 3 else int(round(self.config.patch_voxels ** (2 / 3))) * 16
-        depth = self.config.plane_patch_depth
-        if depth and len(multiple) == 3 and self._painted_on_z_planes():
-            # Thin along Z, wide in-plane: most computed voxels lie on the painted plane and carry a loss.
-            depth = int(math.ceil(depth / multiple[0]) * multiple[0])
-            plane = choose_patch_size([s[1:] for s in shapes], multiple[1:], None if self.spacing is None else self.spacing[1:], budget // depth)
-            return (depth, *plane)
-        return choose_patch_size(shapes, multiple, self.spacing, budget)
-
-    def _painted_on_z_planes(self) -> bool:
-        """True when the annotation lies on a minority of Z planes (a few painted slices)."""
-        painted = [np.asarray(t).reshape(t.shape[0], -1).max(axis=1) > 0 for t in self._annotations]
-        return sum(int(p.sum()) for p in painted) <= 0.5 * sum(len(p) for p in painted)
-
     def _hold_out(self, images_cf: list[Any], targets: list[np.ndarray]) -> _Validation | None:
         """Move one annotated Z slice out of the training targets, for validation Dice."""
         if targets[0].ndim != 3:
@@ -400,6 +368,44 @@ class Trainer:
         if step < self.config.warmup_steps:
             return base * (step + 1) / (self.config.warmup_steps + 1)
         return base * max(1.0 - progress, 0.02) ** 0.9
+
+
+def feature_bank_fits(model_config: ModelConfig, images_cf: Sequence[Any]) -> bool:
+    """Whether the filter features of every training image fit in memory, computed once.
+
+    Then each step reads features instead of filtering a haloed patch again;
+    otherwise patches carry the halo and the network filters them itself.
+    """
+    if not model_config.filter_sigmas:
+        return False
+    per_voxel = 2 * model_config.in_channels * (1 + FEATURES_PER_SCALE * len(model_config.filter_sigmas))
+    voxels = sum(int(np.prod(image.shape[1:])) for image in images_cf)
+    return voxels * per_voxel <= FEATURE_MEMORY_BYTES
+
+
+def painted_on_few_z_planes(annotations: Sequence[np.ndarray]) -> bool:
+    """True when the annotations lie on at most half of their Z planes (a few painted slices)."""
+    painted = [np.asarray(a).reshape(a.shape[0], -1).max(axis=1) > 0 for a in annotations]
+    return sum(int(p.sum()) for p in painted) <= 0.5 * sum(len(p) for p in painted)
+
+
+def training_patch_size(
+    config: TrainConfig, model_config: ModelConfig, annotations: Sequence[np.ndarray], spacing: Sequence[float] | None
+) -> tuple[int, ...]:
+    """The configured patch (checked), or one chosen from the annotated volumes' shapes and spacing."""
+    multiple = model_config.size_multiple()
+    if config.patch_size is not None:
+        return check_network_size("patch size", config.patch_size, multiple)
+    shapes = [a.shape for a in annotations]
+    budget = config.patch_voxels if len(multiple) == 3 else int(round(config.patch_voxels ** (2 / 3))) * 16
+    depth = config.plane_patch_depth
+    if depth and len(multiple) == 3 and painted_on_few_z_planes(annotations):
+        # Thin along Z, wide in-plane: most computed voxels lie on the painted plane and carry a loss.
+        depth = int(math.ceil(depth / multiple[0]) * multiple[0])
+        in_plane = None if spacing is None else spacing[1:]
+        plane = choose_patch_size([s[1:] for s in shapes], multiple[1:], in_plane, budget // depth)
+        return (depth, *plane)
+    return choose_patch_size(shapes, multiple, spacing, budget)
 
 
 @torch.no_grad()
