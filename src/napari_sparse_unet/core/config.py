@@ -128,8 +128,7 @@ class ModelConfig:
         data["pool_factors"] = tuple(tuple(level) for level in data["pool_factors"])
         if data.get("conv_kernels") is not None:
             data["conv_kernels"] = tuple(tuple(level) for level in data["conv_kernels"])
-        # Models saved before these fields existed used instance norm and no filter bank.
-        data.setdefault("norm", "instance")
+        # Models saved before the filter bank existed have none.
         data["filter_sigmas"] = tuple(tuple(level) for level in data.get("filter_sigmas", ()))
         if data.get("widths") is not None:
             data["widths"] = tuple(data["widths"])

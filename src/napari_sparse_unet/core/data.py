@@ -158,7 +158,7 @@ def _equalisation_knots(values: np.ndarray, count: int) -> tuple[float, ...]:
     unique = np.unique(knots)
     if len(unique) < 2:
         unique = np.array([unique[0], unique[0] + 1.0])
-    # Re-spread: each unique knot at the mean quantile of its duplicates keeps the map monotone.
+    # The remaining knots are spread evenly over [0, 1] by Normalization.apply.
     return tuple(float(v) for v in unique)
 
 
@@ -189,5 +189,6 @@ def fit_normalization(
                 hi = lo + 1.0
         low.append(float(lo))
         high.append(float(hi))
-        channel_knots.append(_equalisation_knots(values, knots))
+        if equalize:
+            channel_knots.append(_equalisation_knots(values, knots))
     return Normalization(low=tuple(low), high=tuple(high), knots=tuple(channel_knots) if equalize else None)

@@ -115,31 +115,23 @@ class FilterBank(nn.Module):
 
     def _derivatives(self, x: torch.Tensor, index: int) -> dict[tuple[int, ...], torch.Tensor]:
         """Smoothing, first and pure second Gaussian derivatives of (M, 1, *s) at scale ``index``, by order per axis."""
-        dims = self.spatial_dims
         sigma = self.sigmas[index]
-        # Maps of partial orders over the axes done so far; only those that can still lead to a wanted order.
+        # Maps keyed by their derivative order along the axes filtered so far.
         maps: dict[tuple[int, ...], torch.Tensor] = {(): x}
-        for axis in range(dims):
+        for axis in range(self.spatial_dims):
+            if sigma[axis] == 0:  # not filtered: no smoothing, no derivative along this axis
+                maps = {key + (0,): value for key, value in maps.items()}
+                continue
             kernels = getattr(self, f"k{index}_{axis}")
-            orders = (0, 1, 2) if sigma[axis] > 0 else (0,)
-            keys = list(maps)
-            # Only a map without derivatives yet may take one along this axis.
-            wants = [orders if not any(key) else (0,) for key in keys]
-            widest = [key for key, w in zip(keys, wants) if len(w) > 1]
-            plain = [key for key, w in zip(keys, wants) if len(w) == 1]
-            new: dict[tuple[int, ...], torch.Tensor] = {}
-            if widest:
-                out = self._along(torch.cat([maps[k] for k in widest]), kernels[list(orders)], axis)
-                # Split back per input map: rows are stacked map after map.
-                m = maps[widest[0]].shape[0]
-                for i, key in enumerate(widest):
-                    for j, order in enumerate(orders):
-                        new[key + (order,)] = out[i * m : (i + 1) * m, j : j + 1]
-            if plain:
-                m = maps[plain[0]].shape[0]
-                out = self._along(torch.cat([maps[k] for k in plain]), kernels[:1], axis) if sigma[axis] > 0 else torch.cat([maps[k] for k in plain])
-                for i, key in enumerate(plain):
-                    new[key + (0,)] = out[i * m : (i + 1) * m]
+            smooth = (0,) * axis
+            # Only the map without any derivative yet may take one along this axis (orders 0, 1, 2).
+            out = self._along(maps[smooth], kernels, axis)
+            new = {smooth + (order,): out[:, order : order + 1] for order in range(3)}
+            differentiated = [key for key in maps if any(key)]
+            if differentiated:
+                m = x.shape[0]
+                out = self._along(torch.cat([maps[key] for key in differentiated]), kernels[:1], axis)
+                new.update({key + (0,): out[i * m : (i + 1) * m] for i, key in enumerate(differentiated)})
             maps = new
         return maps
 

@@ -28,7 +28,7 @@ from .generators import run_to_end
 from .metrics import dice_per_class, mean_dice
 from .rules import check_network_size, check_spacing, check_training_pair, finetune_problem, painted_values
 from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
-from .filters import FEATURES_PER_SCALE, axis_sigmas, filter_volume, level_feature_mask
+from .filters import FEATURES_PER_SCALE, FilterBank, axis_sigmas, filter_volume, level_feature_mask
 from .losses import class_weights_from_counts, sparse_segmentation_loss
 from .model import build_model, choose_patch_size, plan_network
 from .sampling import PatchSampler, TrainingVolume, crop_with_padding
@@ -151,7 +151,7 @@ class Trainer:
         self._validation = self._hold_out(images_cf, targets) if config.validation else None
         self._features = feature_bank_fits(self.model_config, images_cf)
         if self._features:
-            bank = build_model(self.model_config).filters
+            bank = FilterBank(self.model_config.filter_sigmas, dims)
             images_cf = [filter_volume(bank, self.normalization.apply(image)) for image in images_cf]
         self.volumes = [TrainingVolume(image, target) for image, target in zip(images_cf, targets)]
         self._initial = initial
