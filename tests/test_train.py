@@ -159,3 +159,18 @@ def test_lines_from_other_planes_do_not_trigger_a_hold_out(tiny_volume):
         annotation[:, y] = truth[:, y] + 1
     trainer = Trainer([image], [annotation], dataclasses.replace(FAST, validation=True))
     assert trainer._validation is None
+
+
+def test_running_dice_scores_painted_voxels_only():
+    from napari_sparse_unet.core.train import RunningDice
+
+    running = RunningDice(num_classes=3, window=2)
+    assert running.mean_foreground() is None
+    target = torch.tensor([[0, 1, 2, -1]])
+    logits = torch.nn.functional.one_hot(torch.tensor([[0, 1, 1, 2]]), 3).movedim(-1, 1).float()
+    running.add(logits, target)
+    # class 1: 1 hit, 2 predicted, 1 true -> 2/3; class 2: 0 hits -> 0; the unpainted voxel is ignored.
+    assert abs(running.mean_foreground() - (2 / 3) / 2) < 1e-9
+    for _ in range(2):
+        running.add(torch.nn.functional.one_hot(target.clamp(min=0), 3).movedim(-1, 1).float(), target)
+    assert running.mean_foreground() == 1.0  # the window forgot the first batch

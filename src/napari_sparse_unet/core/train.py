@@ -48,7 +48,9 @@ class TrainEvent:
     """Progress after one optimisation step.
 
     ``val_dice`` is the mean foreground Dice on the held-out slice, set on the
-    steps where it was measured.
+    steps where it was measured.  ``fit_dice`` is the mean foreground Dice of the
+    network's argmax on the painted voxels of the last training batches: how well
+    the painting is fitted, available without holding any of it out.
     """
 
     step: int
@@ -58,6 +60,41 @@ class TrainEvent:
     elapsed: float
     progress: float
     val_dice: float | None = None
+    fit_dice: float | None = None
+
+
+class RunningDice:
+    """Foreground Dice of argmax predictions on painted voxels, pooled over the last ``window`` batches.
+
+    Counts are per class index (0 = background, not scored); ``target`` is -1 where unpainted.
+    """
+
+    def __init__(self, num_classes: int, window: int = 20) -> None:
+        self.num_classes = num_classes
+        self.window = window
+        self._counts: list[np.ndarray] = []
+
+    def add(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        mask = target >= 0
+        predicted = logits.argmax(1)[mask]
+        truth = target[mask]
+        k = self.num_classes
+        # Row: intersection, predicted, truth; one column per class.
+        counts = torch.stack([
+            torch.bincount(truth[predicted == truth], minlength=k),
+            torch.bincount(predicted, minlength=k),
+            torch.bincount(truth, minlength=k),
+        ]).cpu().numpy()
+        self._counts = (self._counts + [counts])[-self.window:]
+
+    def mean_foreground(self) -> float | None:
+        if not self._counts:
+            return None
+        both, predicted, truth = np.sum(self._counts, axis=0)[:, 1:]
+        scored = (predicted + truth) > 0
+        if not scored.any():
+            return None
+        return float(np.mean(2.0 * both[scored] / (predicted[scored] + truth[scored])))
 
 
 @dataclass
@@ -286,6 +323,7 @@ class Trainer:
         previous_steps = int(self._initial.history.get("steps", 0)) if self._initial is not None else 0
         start = time.perf_counter()
         step, loss_value, bad_steps = 0, math.nan, 0
+        fit_counts = RunningDice(len(self.class_values))
         finished = False
         try:
             while True:
@@ -304,6 +342,7 @@ class Trainer:
                     logits = network.classify(x_t) if self._features else network(x_t)
                 loss = sparse_segmentation_loss(logits, y_t, weights, config.dice_weight)
                 loss_value = float(loss.detach())
+                fit_counts.add(logits.detach(), y_t)
                 if not math.isfinite(loss_value):
                     # Skip the step: the weights stay the last good ones.
                     bad_steps += 1
@@ -331,6 +370,7 @@ class Trainer:
                     elapsed=elapsed,
                     progress=min(1.0, self._progress(step, elapsed)),
                     val_dice=val_dice,
+                    fit_dice=fit_counts.mean_foreground(),
                 )
             finished = True
             if config.recalibrate_norm:
