@@ -205,3 +205,16 @@ def test_real_tiff_reads_without_spacing(shared_data):
     image, spacing = io.read_volume_with_spacing(shared_data / "plantseg_ovule" / "image.tif")
     assert image.shape == (32, 128, 128) and image.dtype == np.uint8
     assert spacing is None  # those files record no resolution; meta.json holds it
+
+
+def test_atomic_outputs_get_the_users_usual_file_mode(tmp_path):
+    import os
+
+    from napari_sparse_unet.core.files import atomic_file
+
+    target = tmp_path / "out.bin"
+    with atomic_file(target) as temp:
+        temp.write_bytes(b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -46,6 +46,9 @@ class ModelConfig:
     e.g. ``((1, 2, 2), (1, 2, 2), (2, 2, 2))`` for a volume with coarse Z; its
     length is the depth.  An input's spatial size must be a multiple of the
     product of the factors along each axis (:meth:`size_multiple`).
+
+    ``voxel_head`` is the hidden width of a per-voxel classifier on the filter
+    features whose logits are added to the U-Net's (:mod:`.voxel_head`); 0: none.
     """
 
     spatial_dims: int
@@ -57,6 +60,7 @@ class ModelConfig:
     conv_kernels: tuple[tuple[int, ...], ...] | None = None
     filter_sigmas: tuple[tuple[float, ...], ...] = ()
     widths: tuple[int, ...] | None = None
+    voxel_head: int = 0
 
     def __post_init__(self) -> None:
         _check(self.spatial_dims in (2, 3), f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
@@ -90,6 +94,8 @@ class ModelConfig:
             f"filter_sigmas must hold {self.spatial_dims} non-negative values per scale, got {self.filter_sigmas!r}",
         )
         object.__setattr__(self, "filter_sigmas", sigmas)
+        _check(self.voxel_head >= 0, f"voxel_head must be >= 0, got {self.voxel_head}")
+        _check(not self.voxel_head or bool(sigmas), "a voxel_head needs the filter bank (filter_sigmas)")
 
     @property
     def input_halo(self) -> tuple[int, ...]:
@@ -163,6 +169,10 @@ class TrainConfig:
       ``base_channels · growth^l`` channels, so a CPU step costs a fraction of
       the paper's; ``"full"`` and ``None`` give Çiçek et al.'s 3×3×3 kernels
       and channels doubled before each down-sampling.
+    * ``voxel_head``: a per-voxel MLP of this width on the filter features, its
+      logits added to the U-Net's, trained on ``voxel_batch`` painted voxels
+      every step (alone for the first ``voxel_warmup`` of the budget): the
+      forest's strength, learning from every painted voxel, inside the network.
     * ``validation``: hold out a painted slice to choose the best model (off:
       it decided on one slice and cost a sixth of the annotation); the model is
       the last one, after the learning rate has decayed.
@@ -182,9 +192,12 @@ class TrainConfig:
     top_kernel: TopKernel = "point"
     norm: Norm = "batch"
     recalibrate_norm: bool = True
-    filter_scales: tuple[float, ...] = (1.0, 2.5, 5.0)
+    filter_scales: tuple[float, ...] = (1.0, 2.5, 5.0, 10.0, 20.0)
     equalize: bool = True
     plane_patch_depth: int = 8
+    voxel_head: int = 64
+    voxel_batch: int = 8192
+    voxel_warmup: float = 0.1
     dice_weight: float = 1.0
     max_class_weight: float = 3.0
     augment: bool = True
@@ -214,6 +227,9 @@ class TrainConfig:
         _check(self.top_kernel in ("full", "planar", "point"), f"top_kernel must be 'full', 'planar' or 'point', got {self.top_kernel!r}")
         _check(self.channel_growth is None or self.channel_growth >= 1, f"channel_growth must be >= 1, got {self.channel_growth}")
         _check(self.plane_patch_depth >= 0, f"plane_patch_depth must be >= 0, got {self.plane_patch_depth}")
+        _check(self.voxel_head >= 0, f"voxel_head must be >= 0, got {self.voxel_head}")
+        _check(self.voxel_batch >= 1, f"voxel_batch must be >= 1, got {self.voxel_batch}")
+        _check(0 <= self.voxel_warmup < 1, f"voxel_warmup must be in [0, 1), got {self.voxel_warmup}")
         _check(self.intensity_augment >= 0, f"intensity_augment must be >= 0, got {self.intensity_augment}")
         _check(self.dice_weight >= 0, f"dice_weight must be >= 0, got {self.dice_weight}")
         _check(self.max_class_weight >= 1, f"max_class_weight must be >= 1, got {self.max_class_weight}")

@@ -9,6 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: done once, at import, not while other threads write files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def temporary_path_beside(target: Path, directory: bool = False) -> Path:
     """A new, unused path beside ``target`` keeping its suffix (nibabel picks the format by it)."""
     name = target.name
@@ -17,6 +27,8 @@ def temporary_path_beside(target: Path, directory: bool = False) -> Path:
         return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=target.parent))
     fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
+    # mkstemp makes the file private (0600); the output gets the mode any new file of the user's gets.
+    os.chmod(temp, 0o666 & ~_UMASK)
     return Path(temp)
 
 

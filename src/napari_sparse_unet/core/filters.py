@@ -20,7 +20,7 @@ axis, in voxels, array order.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -185,15 +185,30 @@ def filter_volume(bank: FilterBank, image_cf: np.ndarray, slab_voxels: int = 1 <
     Computed slab by slab along the first axis with the bank's halo (mirrored at
     the border), so the result equals what the bank gives any tile of the volume.
     """
-    from .sampling import crop_with_padding
-
     spatial = image_cf.shape[1:]
     plane = int(np.prod(spatial[1:]))
     depth = max(1, slab_voxels // max(plane, 1))
     out = np.empty((image_cf.shape[0] * bank.features_per_channel, *spatial), dtype=dtype)
-    halo = bank.halo
     for z in range(0, spatial[0], depth):
-        size = [min(depth, spatial[0] - z), *spatial[1:]]
-        block = crop_with_padding(image_cf, [z - halo[0], *(-h for h in halo[1:])], [s + 2 * h for s, h in zip(size, halo)], fill=None)
-        out[:, z : z + size[0]] = bank(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))[None])[0].numpy()
+        stop = min(z + depth, spatial[0])
+        out[:, z:stop] = filter_slab(bank, image_cf, z, stop)
     return out
+
+
+def filter_slab(
+    bank: FilterBank, image_cf: Any, start: int, stop: int, normalize: Callable[[np.ndarray], np.ndarray] | None = None
+) -> np.ndarray:
+    """Features (C·F, stop - start, *rest) float32 of planes [start, stop) of a (C, *spatial) image.
+
+    The slab is read with the bank's halo (mirrored at the volume border) and
+    ``normalize``-d first when the image is raw.
+    """
+    from .sampling import crop_with_padding
+
+    halo = bank.halo
+    spatial = image_cf.shape[1:]
+    size = [stop - start, *spatial[1:]]
+    block = crop_with_padding(image_cf, [start - halo[0], *(-h for h in halo[1:])], [s + 2 * h for s, h in zip(size, halo)], fill=None)
+    block = normalize(block) if normalize is not None else block
+    with torch.no_grad():
+        return bank(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))[None])[0].numpy()

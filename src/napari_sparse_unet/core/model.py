@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .filters import FilterBank
+from .voxel_head import VoxelHead
 
 
 def plan_network(
@@ -196,6 +197,14 @@ class UNet(nn.Module):
             self.decoders.append(_DoubleConv(dims, norm, 2 * skip, skip, skip, kernels[level]))
             in_ch = skip
         self.head = conv(in_ch, config.num_classes, 1)
+        self.voxel_head: VoxelHead | None = None
+        if config.voxel_head:
+            assert self.filters is not None  # ModelConfig checks it
+            features = config.in_channels * self.filters.features_per_channel
+            self.voxel_head = VoxelHead(features, config.voxel_head, config.num_classes)
+            # The U-Net starts as a zero correction of the per-voxel classifier.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def input_halo(self) -> tuple[int, ...]:
@@ -209,6 +218,7 @@ class UNet(nn.Module):
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Logits from the filter bank's features (N, C·F, *s) -> (N, K, *s); from the image if there is no bank."""
+        features = x
         if self.filters is not None:
             x = self.input_norm(x)
         skips = []
@@ -219,7 +229,13 @@ class UNet(nn.Module):
         x = self.bottom(x)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = decoder(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
+        logits = self.head(x)
+        if self.voxel_head is not None:
+            # In training the voxel head learns from its own, far larger batches of painted
+            # voxels (see Trainer); in a patch it is the base the U-Net corrects, so no backward.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.training):
+                logits = logits + self.voxel_head(features)
+        return logits
 
 
 def build_model(config: ModelConfig) -> UNet:

@@ -1,0 +1,127 @@
+"""A per-voxel classifier on the filter features, trained on every painted voxel.
+
+A random forest learns from all the painted voxels at once; a U-Net step sees
+the few painted planes of two patches.  The voxel head closes that gap: a small
+MLP on each voxel's filter features (raw, smoothed, gradient magnitude and LoG
+at several scales) whose logits are *added* to the U-Net's.  Training draws a
+large batch of painted voxels every step for it (thousands of voxels for the
+price of a few milliseconds), so within seconds the model is as good as a
+per-voxel classifier, and the U-Net part learns the context on top: what the
+features of one voxel cannot tell.
+
+Feature rows are (M, F) float32, F = C·(1 + 3·scales), channel-major as
+:class:`~.filters.FilterBank` gives them; maps are (N, F, *spatial).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .filters import FilterBank, filter_slab
+
+# Voxels encoded at a time in prediction: B·F floats each (16·20·4 B = 1.3 kB), so ~80 MB a chunk.
+CHUNK_ROWS = 1 << 16
+
+
+class VoxelHead(nn.Module):
+    """MLP on piecewise-linear encoded features, applied voxel by voxel: F -> F·B -> hidden -> hidden -> K.
+
+    Each feature is encoded by its position in ``bins`` quantile bins of the
+    painted voxels (bin ``b`` reads 0 below it, 1 above it, the fraction within:
+    Gorishniy et al. 2022, "On embeddings for numerical features in tabular deep
+    learning").  A plain MLP on standardised features fell 0.04-0.07 Dice short
+    of the same features in a random forest (brain MRI); the encoding lets it
+    cut a feature at learned thresholds as a tree does.  The bin edges are fixed
+    once from the painted voxels (buffers, saved with the model), so a voxel's
+    logits never depend on the patch or tile it sits in.
+    """
+
+    def __init__(self, features: int, hidden: int, classes: int, bins: int = 16) -> None:
+        super().__init__()
+        self.features, self.bins = features, bins
+        # Edges (B, F): lower edge of each bin and its width; set by fit_bins.
+        self.register_buffer("lower", torch.linspace(-2.0, 2.0, bins + 1)[:-1, None].repeat(1, features))
+        self.register_buffer("width", torch.full((bins, features), 4.0 / bins))
+        self.mlp = nn.Sequential(
+            nn.Linear(features * bins, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, classes),
+        )
+
+    def encode(self, rows: torch.Tensor) -> torch.Tensor:
+        """(M, F) feature rows -> (M, B·F) encodings in [0, 1]."""
+        encoded = ((rows.unsqueeze(1) - self.lower) / self.width).clamp(0.0, 1.0)
+        return encoded.reshape(rows.shape[0], -1)
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Logits (M, K) of feature rows (M, F)."""
+        return self.mlp(self.encode(rows))
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K, *spatial) of feature maps (N, F, *spatial), in chunks (the encoding is B× the features)."""
+        rows = maps.movedim(1, -1)
+        shape = rows.shape[:-1]
+        rows = rows.reshape(-1, self.features)
+        logits = torch.cat([self.rows(chunk) for chunk in rows.split(CHUNK_ROWS)]) if len(rows) else rows.new_zeros(0, self.mlp[-1].out_features)
+        return logits.reshape(*shape, -1).movedim(-1, 1)
+
+    @torch.no_grad()
+    def fit_bins(self, rows: np.ndarray) -> None:
+        """Bin edges at the quantiles of the feature rows (M, F) of the painted voxels."""
+        values = np.asarray(rows, dtype=np.float32)
+        edges = np.quantile(values, np.linspace(0.0, 1.0, self.bins + 1), axis=0).astype(np.float32)  # (B + 1, F)
+        self.lower.copy_(torch.from_numpy(edges[:-1]))
+        # A feature constant over a bin (ties) gets a step there rather than a division by 0.
+        self.width.copy_(torch.from_numpy(np.maximum(edges[1:] - edges[:-1], 1e-6)))
+
+
+def painted_feature_rows(
+    images: Sequence[Any],
+    targets: Sequence[np.ndarray],
+    bank: FilterBank | None,
+    normalize: Any,
+    max_rows: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features (M, F) float32 and class indices (M,) int64 of the painted voxels.
+
+    Args:
+        images: per volume, its precomputed features (F, *spatial) when ``bank`` is
+            None, else the raw (C, *spatial) image, filtered here slab by slab.
+        targets: per volume, class index per voxel, -1 where not painted.
+        bank: the filter bank for raw images; None for precomputed features.
+        normalize: raw (C, *spatial) -> normalised float32, used with ``bank``.
+        max_rows: at most this many voxels are kept, drawn uniformly (memory: 4·F bytes each).
+    """
+    rows, labels = [], []
+    for image, target in zip(images, targets):
+        painted_planes = np.flatnonzero((target >= 0).reshape(target.shape[0], -1).any(axis=1))
+        for start, stop in _runs(painted_planes):
+            if bank is None:
+                block = np.asarray(image[:, start:stop], dtype=np.float32)
+            else:
+                block = filter_slab(bank, image, start, stop, normalize)
+            where = target[start:stop] >= 0
+            rows.append(block[:, where].T)
+            labels.append(target[start:stop][where].astype(np.int64))
+    features = np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+    classes = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    if len(classes) > max_rows:
+        keep = np.sort(rng.choice(len(classes), max_rows, replace=False))
+        features, classes = features[keep], classes[keep]
+    return np.ascontiguousarray(features, dtype=np.float32), classes
+
+
+def _runs(indices: np.ndarray, max_length: int = 16) -> list[tuple[int, int]]:
+    """Consecutive runs of sorted indices as [start, stop) ranges, at most ``max_length`` long."""
+    runs: list[tuple[int, int]] = []
+    for i in indices.tolist():
+        if runs and runs[-1][1] == i and i - runs[-1][0] < max_length:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
