@@ -48,7 +48,7 @@ class ModelConfig:
     product of the factors along each axis (:meth:`size_multiple`).
 
     ``voxel_head`` is the hidden width of a per-voxel classifier on the filter
-    features whose logits are added to the U-Net's (:mod:`.voxel_head`); 0: none.
+    features whose probabilities multiply the U-Net's (:mod:`.voxel_head`); 0: none.
     """
 
     spatial_dims: int
@@ -169,10 +169,10 @@ class TrainConfig:
       ``base_channels · growth^l`` channels, so a CPU step costs a fraction of
       the paper's; ``"full"`` and ``None`` give Çiçek et al.'s 3×3×3 kernels
       and channels doubled before each down-sampling.
-    * ``voxel_head``: a per-voxel MLP of this width on the filter features, its
-      logits added to the U-Net's, trained on ``voxel_batch`` painted voxels
-      every step (alone for the first ``voxel_warmup`` of the budget): the
-      forest's strength, learning from every painted voxel, inside the network.
+    * ``voxel_head``: a per-voxel MLP of this width on the filter features,
+      trained on ``voxel_batch`` painted voxels every step (alone for the first
+      ``voxel_warmup`` of the budget), whose probabilities multiply the U-Net's:
+      the forest's strength, learning from every painted voxel, in the network.
     * ``validation``: hold out a painted slice to choose the best model (off:
       it decided on one slice and cost a sixth of the annotation); the model is
       the last one, after the learning rate has decayed.

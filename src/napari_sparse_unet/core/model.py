@@ -202,9 +202,6 @@ class UNet(nn.Module):
             assert self.filters is not None  # ModelConfig checks it
             features = config.in_channels * self.filters.features_per_channel
             self.voxel_head = VoxelHead(features, config.voxel_head, config.num_classes)
-            # The U-Net starts as a zero correction of the per-voxel classifier.
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
 
     @property
     def input_halo(self) -> tuple[int, ...]:
@@ -230,12 +227,13 @@ class UNet(nn.Module):
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = decoder(torch.cat([up(x), skip], dim=1))
         logits = self.head(x)
-        if self.voxel_head is not None:
-            # In training the voxel head learns from its own, far larger batches of painted
-            # voxels (see Trainer); in a patch it is the base the U-Net corrects, so no backward.
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.training):
-                logits = logits + self.voxel_head(features)
-        return logits
+        if self.voxel_head is None or self.training:
+            return logits
+        # Two experts, each trained on its own loss (the U-Net on patches, the voxel head on
+        # batches of painted voxels), combined as the product of their probabilities.  Adding
+        # the U-Net to the voxel head's logits instead (a residual) left it learning only where
+        # the voxel head erred on painted voxels, few once it fitted them: EM 0.645 vs 0.670 at 60 s.
+        return torch.log_softmax(logits.float(), 1) + torch.log_softmax(self.voxel_head(features).float(), 1)
 
 
 def build_model(config: ModelConfig) -> UNet:
