@@ -66,7 +66,11 @@ class VoxelHead(nn.Module):
         rows = maps.movedim(1, -1)
         shape = rows.shape[:-1]
         rows = rows.reshape(-1, self.features)
-        logits = torch.cat([self.rows(chunk) for chunk in rows.split(CHUNK_ROWS)]) if len(rows) else rows.new_zeros(0, self.mlp[-1].out_features)
+        if torch.jit.is_tracing():
+            # A traced graph must not depend on the input's size (bioimage.io export): no chunks.
+            logits = self.rows(rows)
+        else:
+            logits = torch.cat([self.rows(chunk) for chunk in rows.split(CHUNK_ROWS)])
         return logits.reshape(*shape, -1).movedim(-1, 1)
 
     @torch.no_grad()
