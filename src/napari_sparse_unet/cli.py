@@ -99,14 +99,16 @@ def _train_config(args: argparse.Namespace, spatial_dims: int) -> tuple[str, Tra
     return preset_name, dataclasses.replace(config, **changes)
 
 
-def _read_training_pairs(images: list[str], labels: list[str]) -> tuple[list[Any], list[np.ndarray], tuple[float, ...] | None]:
+def _read_training_pairs(
+    images: list[str], labels: list[str], key: str | None = None, labels_key: str | None = None
+) -> tuple[list[Any], list[np.ndarray], tuple[float, ...] | None]:
     if len(images) != len(labels):
         raise UsageError(f"got {len(images)} --image but {len(labels)} --labels: give one --labels per --image")
     arrays, annotations = [], []
     spacing = None
     for image_path, labels_path in zip(images, labels):
-        image, image_spacing = read_volume_with_spacing(image_path)
-        annotation, labels_spacing = read_volume_with_spacing(labels_path)
+        image, image_spacing = read_volume_with_spacing(image_path, key=key)
+        annotation, labels_spacing = read_volume_with_spacing(labels_path, key=labels_key)
         annotation = np.asarray(annotation)
         if not (np.issubdtype(annotation.dtype, np.integer) or annotation.dtype == bool):
             if np.issubdtype(annotation.dtype, np.floating) and np.all(np.mod(annotation, 1) == 0):
@@ -126,7 +128,7 @@ def _read_training_pairs(images: list[str], labels: list[str]) -> tuple[list[Any
 
 def cmd_train(args: argparse.Namespace) -> int:
     _check_output_path(args.model, "--model")
-    images, annotations, file_spacing = _read_training_pairs(args.image, args.labels)
+    images, annotations, file_spacing = _read_training_pairs(args.image, args.labels, args.key, args.labels_key)
     preset, config = _train_config(args, annotations[0].ndim)
     spacing = tuple(args.spacing) if args.spacing is not None else file_spacing
 
@@ -190,7 +192,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)  # an unavailable GPU is bad input, not a crash inside torch
     model = SegmentationModel.load(args.model)
-    image, spacing = read_volume_with_spacing(args.image, lazy=True)
+    image, spacing = read_volume_with_spacing(args.image, lazy=True, key=args.key)
     spatial = _spatial_shape(model, image)
     if spacing and model.spacing and len(spacing) == len(model.spacing) and not np.allclose(spacing, model.spacing, rtol=0.05):
         _say(args, f"warning: image spacing {spacing} differs from the model's training spacing {model.spacing}")
@@ -362,6 +364,8 @@ def _add_train_command(commands: Any) -> None:
                        help="image volume (Z, Y, X) or (C, Z, Y, X); repeat for several, each with its --labels")
     train.add_argument("--labels", action="append", required=True, metavar="ANNOT",
                        help="annotation of the same spatial shape as its --image")
+    train.add_argument("--key", metavar="NAME", help="the array to read from a .mat --image holding several")
+    train.add_argument("--labels-key", metavar="NAME", help="the array to read from a .mat --labels holding several")
     train.add_argument("--model", required=True, metavar="OUT.pt", help="where to save the trained model")
     train.add_argument("--resume", metavar="MODEL.pt", help="start from this model's weights (fine-tuning)")
     train.add_argument("--spacing", type=_positive_float, nargs="+", metavar="S",
@@ -376,7 +380,8 @@ def _add_predict_command(commands: Any) -> None:
     """The predict command; options that shape prediction go to :func:`_predict_config`."""
     pred = _command(commands, "predict")
     pred.add_argument("--model", required=True, metavar="MODEL.pt", help="a model saved by 'train' or the napari widget")
-    pred.add_argument("--image", required=True, metavar="IMG", help="volume to segment")
+    pred.add_argument("--image", required=True, metavar="IMG", help="volume to segment (a file or a DICOM series folder)")
+    pred.add_argument("--key", metavar="NAME", help="the array to read from a .mat --image holding several")
     pred.add_argument("--out", required=True, metavar="OUT", help="labels output (.tif, .npy, .nii.gz, .zarr)")
     pred.add_argument("--probabilities", metavar="OUT", help="also write class probabilities (K, Z, Y, X) float32")
     pred.add_argument("--overlap", type=_fraction, default=0.25, metavar="F",
@@ -404,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Dense 3D segmentation from a few painted slices: train a 3D U-Net on sparse "
         "annotations and predict whole volumes.",
-        epilog=f"Volume formats: {', '.join(SUFFIXES)} (a .zarr folder). Annotations: 0 = not painted, "
+        epilog=f"Volume formats: {', '.join(SUFFIXES)} (a .zarr folder), a folder of DICOM slices. Annotations: 0 = not painted, "
         "1 = background, 2.. = classes. Run '%(prog)s COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

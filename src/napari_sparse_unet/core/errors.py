@@ -26,3 +26,7 @@ class ConfigError(UserInputError):
 
 class CheckpointError(UserInputError):
     """A model file is missing, corrupt or not one of ours; the message says which."""
+
+
+class VolumeIOError(UserInputError):
+    """A volume file or folder cannot be read or written; the message names it and says why."""
