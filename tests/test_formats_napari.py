@@ -62,9 +62,11 @@ def test_dicom_nifti_and_mat_open_in_napari_with_orientation_and_scale(make_napa
 
     # The widget's annotation layer for the NIfTI layer keeps its geometry; painted and saved with
     # the plugin's writer, it goes back on the scan's voxel grid.
-    from napari_sparse_unet._layers import add_annotation_layer
+    from napari_sparse_unet._layers import add_annotation_layer, image_snapshot, show_prediction
 
     labels = add_annotation_layer(viewer, nifti)
+    prediction = show_prediction(viewer, ct_files["labels"], image_snapshot(nifti))
+    np.testing.assert_allclose(prediction.metadata["affine"], ct_files["affine"])  # a prediction saves the same way
     np.testing.assert_allclose(labels.scale, spacing)
     labels.data = ct_files["labels"]
     target = folder / "liver.nii.gz"

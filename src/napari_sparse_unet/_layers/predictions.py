@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .files import source_geometry
 from .images import ImageSnapshot, spatial_shape_of
 
 if TYPE_CHECKING:  # napari only for type hints: importing this stays cheap
@@ -53,7 +54,11 @@ def show_prediction(
     """
     layer = find_prediction_layer(viewer, image.name, labels.shape)
     if layer is None:
-        layer = viewer.add_labels(labels, name=name, scale=image.scale, translate=image.translate, opacity=0.6)
+        source = viewer.layers[image.name] if image.name in viewer.layers else None
+        geometry = source_geometry(source.metadata) if source is not None else {}  # saved as NIfTI: on the scan's grid
+        layer = viewer.add_labels(
+            labels, name=name, scale=image.scale, translate=image.translate, opacity=0.6, metadata=geometry
+        )
         layer.metadata[PREDICTION_KEY] = image.name
         layer.editable = True
     else:
