@@ -40,7 +40,8 @@ SUFFIXES = (".tif", ".tiff", ".npy", ".nii", ".nii.gz", ".zarr", ".mat")
 #: Formats that are read but never written.
 READ_ONLY = ("dicom", "matlab")
 
-__all__ = ["VolumeIOError", "read_volume", "read_volume_with_spacing", "read_volumes", "write_volume", "create_output"]
+#: Formats read with their geometry by :func:`read_volumes` (``formats/``).
+MEDICAL = ("nifti", "dicom", "matlab")
 
 
 def volume_format(path: PathLike) -> str:
@@ -116,12 +117,12 @@ def read_volume_with_spacing(
     path = Path(path)
     if not path.suffix and not path.exists():  # a DICOM folder that is not there
         raise FileNotFoundError(f"no such file or folder: '{path}'")
-    if key is not None and volume_format(path) != "matlab":
+    fmt = volume_format(path)
+    if key is not None and fmt != "matlab":
         raise VolumeIOError(f"a key ({key!r}) names an array in a .mat file, but '{path}' is not one")
-    if volume_format(path) in ("nifti", "dicom", "matlab"):
+    if fmt in MEDICAL:
         volume = read_volumes(path, key=key)[0]
         return volume.data, volume.spacing
-    fmt = volume_format(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: '{path}'")
     try:

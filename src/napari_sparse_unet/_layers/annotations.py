@@ -9,8 +9,8 @@ import numpy as np
 
 from ..core.annotation import AnnotationCounter, AnnotationStats
 from ..core.rules import annotation_shape_problem
-from .images import ImageSnapshot, LayerError, image_channel_axis, spatial_shape_of, spatial_transform
 from .files import source_geometry
+from .images import ImageSnapshot, LayerError, image_channel_axis, spatial_shape_of, spatial_transform
 from .view import viewed_slice
 
 if TYPE_CHECKING:  # napari only for type hints: importing this stays cheap

@@ -20,9 +20,6 @@ from ..formats import Volume
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-#: What the reader opens; everything else is left to other readers.
-READ_FORMATS = ("nifti", "dicom", "matlab")
-
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
     """The reader for a NIfTI file, a folder of DICOM slices or a ``.mat`` file, else None."""
@@ -34,7 +31,7 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
             fmt = io.volume_format(item)
         except io.VolumeIOError:
             return None
-        if fmt not in READ_FORMATS:
+        if fmt not in io.MEDICAL:  # everything else is left to other readers
             return None
         if fmt == "dicom":
             from ..formats.dicom import looks_like_dicom_folder
