@@ -102,5 +102,7 @@ def test_two_channel_layers_train_predict_and_are_asked_for_again(make_napari_vi
         assert widget.model_panel.load_model() is not None
         assert widget.data.channel_layers == [flair_layer, t1c_layer]
         assert not widget.data.channel_first_check.isEnabled()  # separate layers: each is one channel
+        viewer.layers.remove(t1c_layer)  # its row goes with it; no other layer slips into its place
+        assert widget.data.channel_layers == [flair_layer] and not widget.data.channels.pickers
     finally:
         widget.shutdown()

@@ -80,12 +80,14 @@ class ChannelPickers(QWidget):
             self.add(layer)
 
     def reset_choices(self) -> None:
-        """Follow the viewer's layers, keeping each row's layer while it exists."""
-        for picker in self.pickers:
+        """Follow the viewer's layers: a row keeps its layer while it exists and goes with it."""
+        for picker in list(self.pickers):
             kept = picker.value if _layers.in_viewer(self.viewer, picker.value) else None
+            if kept is None:
+                self.remove(picker)
+                continue
             picker.reset_choices()
-            if kept is not None:
-                picker.value = kept
+            picker.value = kept
 
     def set_enabled(self, enabled: bool) -> None:
         for row in self._rows:

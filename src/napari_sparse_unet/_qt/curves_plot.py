@@ -64,10 +64,10 @@ class CurvesPlot(QWidget):
             self.setVisible(False)
 
     def points(self) -> dict[str, int]:
-        """Points drawn per curve (for tests and the status line)."""
+        """Points given to each curve (before pyqtgraph thins them for the screen)."""
         counts = {}
         for name, item in self._items.items():
-            x, _ = item.getData()
+            x = item.xData  # the data set, not the on-screen reduction that getData() returns
             counts[name] = 0 if x is None else len(x)
         return counts
 
@@ -97,6 +97,8 @@ class CurvesPlot(QWidget):
         lower.enableAutoRange(axis="y", enable=False)
         for plot, curves in ((upper, LOSS), (lower, DICE)):
             plot.showGrid(x=True, y=True, alpha=0.2)
+            plot.setDownsampling(auto=True, mode="peak")  # thousands of steps drawn as about a pixel's worth
+            plot.setClipToView(True)
             legend = plot.addLegend(offset=(-5, 5))
             legend.setLabelTextSize("7pt")
             for column, (name, colour) in curves.items():
