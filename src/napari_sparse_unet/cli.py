@@ -201,9 +201,10 @@ def _log_formats(args: argparse.Namespace) -> tuple[str, ...]:
 def _spatial_shape(model: SegmentationModel, image: Any, file_channels: tuple[str, ...] | None) -> tuple[int, ...]:
     """Check the image (and its channel files) against the model before outputs are created; return its spatial shape."""
     problem = model_channels_problem(model.channel_names, file_channels) if file_channels else None
-    problem = problem or model_image_problem(image.shape, model.spatial_dims, model.in_channels)
-    if problem and model.in_channels > 1:
-        problem += f" (the model's channels: {', '.join(model.channel_names)}; give separate files as --image A,B)"
+    if problem is None:
+        problem = model_image_problem(image.shape, model.spatial_dims, model.in_channels)
+        if problem and model.in_channels > 1:
+            problem += f" (the model's channels: {', '.join(model.channel_names)}; give separate files as --image A,B)"
     if problem:
         raise InputError(problem)
     return tuple(int(s) for s in image.shape[-model.spatial_dims :])
@@ -223,7 +224,7 @@ def _predict_config(args: argparse.Namespace) -> PredictConfig:
 def cmd_predict(args: argparse.Namespace) -> int:
     for option, value in (("--out", args.out), ("--probabilities", args.probabilities)):
         _check_output_path(value, option)
-        if value is not None and Path(value).resolve() == Path(args.image).resolve():
+        if value is not None and any(Path(value).resolve() == Path(f).resolve() for f in channel_files(args.image)):
             raise UsageError(f"{option} {value!r} is the input image; choose another file")
     if args.probabilities is not None and Path(args.probabilities).resolve() == Path(args.out).resolve():
         raise UsageError(f"--probabilities {args.probabilities!r} is the same file as --out")

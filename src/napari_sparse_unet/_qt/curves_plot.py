@@ -49,10 +49,11 @@ class CurvesPlot(QWidget):
         self._timer.start()
 
     def stop(self) -> None:
-        """Stop following; draw the final curve."""
+        """Stop following; draw the final curve (or hide the plot when training made no step)."""
         if self._timer.isActive():
             self._timer.stop()
             self.redraw()
+            self.setVisible(len(self._curves) > 0)
 
     def show_curves(self, columns: Mapping[str, Sequence[float]] | None) -> None:
         """Show a saved curve (a model's ``curves``); hide the plot when there is none."""
