@@ -23,7 +23,7 @@ from napari_sparse_unet.core.generators import run_to_end
 from napari_sparse_unet.core.jobs import TrainJob
 from napari_sparse_unet.core.training_log import TrainingLog, write_curves
 
-TINY = TrainConfig(max_steps=3, patch_size=(8, 16, 16), base_channels=4, depth=2, validation=False, device="cpu",
+TINY = TrainConfig(max_steps=2, patch_size=(8, 16, 16), base_channels=4, depth=2, validation=False, device="cpu",
                    num_threads=1)
 
 
@@ -58,7 +58,7 @@ def test_job_saves_curves_and_channel_names_in_the_model_file(tmp_path, tiny_vol
     job = TrainJob([two], [annotation], TINY, channel_names=("FLAIR", "T1c"))
     model = run_to_end(job.run())
     assert model.channel_names == ("FLAIR", "T1c")
-    assert model.curves["step"] == [1.0, 2.0, 3.0] and all(v > 0 for v in model.curves["loss"])
+    assert model.curves["step"] == [1.0, 2.0] and all(v > 0 for v in model.curves["loss"])
     model.save(tmp_path / "m.pt")
     loaded = SegmentationModel.load(tmp_path / "m.pt")
     assert loaded.channel_names == ("FLAIR", "T1c")
@@ -68,8 +68,8 @@ def test_job_saves_curves_and_channel_names_in_the_model_file(tmp_path, tiny_vol
     # Fine-tuning keeps the names and continues the curve.
     again = run_to_end(TrainJob([two], [annotation], TINY, initial=loaded).run())
     assert again.channel_names == ("FLAIR", "T1c")
-    assert again.curves["step"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    assert again.curves["seconds"][3] > again.curves["seconds"][2]
+    assert again.curves["step"] == [1.0, 2.0, 3.0, 4.0]
+    assert again.curves["seconds"][2] > again.curves["seconds"][1]
 
 
 def test_old_checkpoint_without_curves_or_channel_names_loads(tmp_path, tiny_volume):
