@@ -22,7 +22,7 @@ from .annotations import (
     dirty_slices_of_paint,
     label_color_hex,
 )
-from .images import ImageSnapshot, LayerError, image_channel_axis, image_snapshot, spatial_shape_of
+from .images import ImageSnapshot, LayerError, channels_snapshot, image_channel_axis, image_snapshot, spatial_shape_of
 from .lists import (
     annotation_layers,
     fits_image,
@@ -53,6 +53,7 @@ __all__ = [
     "add_annotation_layer",
     "annotation_copy",
     "annotation_layers",
+    "channels_snapshot",
     "class_names_of",
     "copy_slice_to_annotation",
     "dirty_slices_of_paint",

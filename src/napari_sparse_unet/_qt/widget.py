@@ -20,7 +20,8 @@ from .. import _layers
 from ..core.annotation import AnnotationStats
 from ..core.errors import UserInputError
 from ..core.jobs import PredictJob, PredictResult, Preview, TrainJob
-from ..core.rules import finetune_problem, model_image_problem
+from ..core.rules import finetune_problem, model_channels_problem, model_image_problem
+from .curves_plot import CurvesPlot
 from .data_panel import DataPanel
 from .notify import notify
 from .panels import ModelPanel, PredictionPanel, ProgressPanel
@@ -51,8 +52,9 @@ class SparseUNetWidget(QWidget):
         self.prediction = PredictionPanel()
         self.model_panel = ModelPanel(lambda: self.model)
         self.progress = ProgressPanel()
+        self.curves = CurvesPlot()
         layout = QVBoxLayout(self)
-        for panel in (self.data, self.training, self.prediction, self.model_panel, self.progress):
+        for panel in (self.data, self.training, self.prediction, self.model_panel, self.progress, self.curves):
             layout.addWidget(panel)
         layout.addStretch(1)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
@@ -135,7 +137,7 @@ class SparseUNetWidget(QWidget):
             notify("error", "Pick an image layer and an annotation layer to train.")
             return False
         try:
-            image = _layers.image_snapshot(image_layer, self.data.first_axis_is_channel)
+            image = _layers.channels_snapshot(self.data.channel_layers, self.data.first_axis_is_channel)
             annotation = _layers.annotation_copy(annotation_layer, image)
             config = self.training.train_config(image.spatial_dims)
             stats = self.data.update_stats()
@@ -157,8 +159,9 @@ class SparseUNetWidget(QWidget):
         job = TrainJob(
             [image.data], [annotation], config, spacing=image.scale, initial=initial,
             class_names=_layers.class_names_of(annotation_layer, stats.class_values if stats else ()),
-            view=self.view.viewed, preview_interval=preview,
+            view=self.view.viewed, preview_interval=preview, channel_names=image.channel_names or None,
         )
+        self.curves.follow(job.curves)
         what = "Fine-tuning the current model" if initial is not None else "Training a new model"
         self._start(job, image, annotation_layer, f"{what} on '{image.name}' with '{annotation_layer.name}'…",
                     yielded=self._on_train_yielded, returned=self._on_train_returned)
@@ -216,9 +219,15 @@ class SparseUNetWidget(QWidget):
                 raise UserInputError("Train or load a model before predicting.")
             if image_layer is None:
                 raise UserInputError("Pick an image layer to predict.")
-            image = _layers.image_snapshot(image_layer, self.data.first_axis_is_channel)
+            layers = self.data.channel_layers
+            problem = model_channels_problem(self.model.channel_names, [layer.name for layer in layers]) if len(layers) > 1 else None
+            if problem:
+                raise UserInputError(f"Cannot predict: {problem}.")
+            image = _layers.channels_snapshot(layers, self.data.first_axis_is_channel)
             config = self.predict_config()
             problem = model_image_problem(image.data.shape, self.model.spatial_dims, self.model.in_channels)
+            if problem and self.model.in_channels > 1:
+                problem += f"; pick the layers of its channels in order ({', '.join(self.model.channel_names)}) with + beside Image"
             if problem:
                 raise UserInputError(f"'{image.name}': {problem}")
         except UserInputError as error:
@@ -264,12 +273,17 @@ class SparseUNetWidget(QWidget):
 
     def _on_busy_changed(self, busy: bool) -> None:
         if not busy:
+            self.curves.stop()
             self._job_image = self._job_annotation = None
             self.view.update()
         self._update_buttons()
 
     def _on_loaded(self, model: Any) -> None:
         self._set_model(model)
+        self.curves.show_curves(model.curves)
+        if model.in_channels > 1 and not self.data.preselect_channels(model.channel_names):
+            notify("info", f"The model needs {model.in_channels} channels ({', '.join(model.channel_names)}): "
+                           "pick their image layers in this order, with + beside Image.")
         self.data.update_stats()
 
     # ------------------------------------------------------------------- copy

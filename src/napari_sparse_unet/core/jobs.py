@@ -12,6 +12,8 @@ Axis order: images are (C, *spatial) or as the engine accepts them; labels (*spa
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .curves import TrainingCurves
 from .generators import drive, run_to_end
 from .rules import as_channel_first
 
@@ -158,6 +161,13 @@ class TrainJob(Job):
         view: where the user looks, for previews.
         preview_interval: seconds between previews (0: none).  Slow previews
             are spaced out to at most a quarter of the time.
+        channel_names: names of the image channels (layers or files), saved
+            in the model; by default a fine-tuned model keeps its own, a new
+            one gets generic names.
+
+    ``curves`` receives a row per step while the job runs (other threads may
+    read it); fine-tuning continues the initial model's curve.  Models the job
+    returns carry the curve and the channel names.
     """
 
     def __init__(
@@ -171,6 +181,7 @@ class TrainJob(Job):
         class_names: Sequence[str] | None = None,
         view: ViewedSlice | None = None,
         preview_interval: float = 0.0,
+        channel_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.images = list(images)
@@ -182,6 +193,10 @@ class TrainJob(Job):
         self.view = view or ViewedSlice()
         self.preview_interval = preview_interval
         self.trainer: Trainer | None = None
+        if channel_names is None and initial is not None:
+            channel_names = initial.channel_names
+        self.channel_names = tuple(channel_names or ())
+        self.curves = TrainingCurves.from_dict(initial.curves if initial is not None else None)
         self._next_preview = 0.0
         self._interval = preview_interval
 
@@ -199,14 +214,31 @@ class TrainJob(Job):
     @property
     def best_model(self) -> SegmentationModel | None:
         """The best model so far (also after a stop or a failure), or None before the first step."""
-        return None if self.trainer is None else self.trainer.best_model
+        return self._finished(None if self.trainer is None else self.trainer.best_model)
+
+    def _finished(self, model: SegmentationModel | None) -> SegmentationModel | None:
+        """``model`` with this job's curve and channel names (a new object sharing the network)."""
+        if model is None:
+            return None
+        return dataclasses.replace(model, channel_names=self.channel_names, curves=self.curves.to_dict())
 
     def _work(self) -> Generator[Any, None, SegmentationModel | None]:
         trainer = self.prepare()
         self._next_preview = time.perf_counter() + self.preview_interval
         after = self._previews if self.preview_interval > 0 else None
-        result = yield from drive(trainer.run(), lambda: self.stopped, after)
-        return result if result is not None else trainer.best_model
+        result = yield from drive(self._recorded(trainer.run()), lambda: self.stopped, after)
+        return self._finished(result) if result is not None else self.best_model
+
+    def _recorded(self, events: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
+        """Re-yield the trainer's events, adding each to ``curves`` (closing this closes ``events``)."""
+        with contextlib.closing(events):
+            while True:
+                try:
+                    event = next(events)
+                except StopIteration as finished:
+                    return finished.value
+                self.curves.add(event)
+                yield event
 
     def _previews(self, event: Any) -> Iterator[Preview]:
         if time.perf_counter() < self._next_preview or self.stopped:

@@ -125,6 +125,60 @@ def image_for_model(image: Any, spatial_dims: int, in_channels: int) -> Any:
     return image
 
 
+# ------------------------------------------------------------ channels from separate images
+
+
+def channels_problem(names: Sequence[str], shapes: Sequence[Sequence[int]]) -> str | None:
+    """Why images (layers or files) named ``names`` cannot be the channels of one input, or None.
+
+    Each must be one single-channel 2-D (Y, X) or 3-D (Z, Y, X) image, all of the
+    same shape (co-registered), and none picked twice.
+    """
+    names, shapes = [str(n) for n in names], [tuple(int(s) for s in shape) for shape in shapes]
+    if not names:
+        return "no channel picked: pick at least one image"
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"'{twice[0]}' is picked twice as a channel; pick each image once"
+    for name, shape in zip(names, shapes):
+        if len(shape) not in (2, 3):
+            return (
+                f"channel '{name}' has shape {shape}, but each channel must be one 2-D (Y, X) or "
+                "3-D (Z, Y, X) single-channel image"
+            )
+    for name, shape in zip(names[1:], shapes[1:]):
+        if shape != shapes[0]:
+            return (
+                f"channel '{name}' has shape {shape} but '{names[0]}' has {shapes[0]}: "
+                "channels must be co-registered images of the same shape"
+            )
+    return None
+
+
+def stack_channels(arrays: Sequence[Any], names: Sequence[str]) -> np.ndarray:
+    """Separate images as one (C, *spatial) array, in the given order; InputError if they do not fit.
+
+    A single image is returned as (1, *spatial) without copying; several are copied into one array.
+    """
+    problem = channels_problem(names, [_shape(a) for a in arrays])
+    if problem:
+        raise InputError(problem)
+    if len(arrays) == 1:
+        return np.asarray(arrays[0])[np.newaxis]
+    return np.stack([np.asarray(a) for a in arrays])
+
+
+def model_channels_problem(model_channels: Sequence[str], given: Sequence[str]) -> str | None:
+    """Why images named ``given`` (one per channel) cannot feed a model trained on ``model_channels``, or None."""
+    if len(given) == len(model_channels):
+        return None
+    return (
+        f"the model was trained on {len(model_channels)} channel(s) ({', '.join(model_channels)}) but "
+        f"{len(given)} image(s) are given ({', '.join(repr(str(g)) for g in given)}): give one image per "
+        "channel, in that order"
+    )
+
+
 # ----------------------------------------------------------------------- annotations
 
 
