@@ -40,10 +40,12 @@ from .predictions import (
     find_prediction_layer,
     prediction_of,
     show_prediction,
+    show_instances,
     show_probabilities,
+    show_uncertainty,
     write_preview,
 )
-from .view import viewed_slice, visible_box
+from .view import go_to_slice, viewed_slice, visible_box
 
 __all__ = [
     "PREDICTION_KEY",
@@ -59,6 +61,7 @@ __all__ = [
     "ensure_prediction_layer",
     "find_prediction_layer",
     "fits_image",
+    "go_to_slice",
     "follow_layer_list",
     "guess_annotation",
     "image_channel_axis",
@@ -71,7 +74,9 @@ __all__ = [
     "preferred_image",
     "prediction_of",
     "show_prediction",
+    "show_instances",
     "show_probabilities",
+    "show_uncertainty",
     "spatial_shape_of",
     "viewed_slice",
     "visible_box",

@@ -114,3 +114,28 @@ def show_probabilities(
                 )
             )
     return layers
+
+
+def _add_or_update(viewer: napari.Viewer, kind: str, name: str, data: np.ndarray, image: ImageSnapshot, **kwargs: Any) -> Any:
+    """The layer of ``kind`` ("labels"/"image") called ``name``, updated in place when its shape fits, else added."""
+    from napari.layers import Image, Labels
+
+    existing = viewer.layers[name] if name in viewer.layers else None
+    if isinstance(existing, Labels if kind == "labels" else Image) and existing.data.shape == data.shape:
+        existing.data = data
+        return existing
+    add = viewer.add_labels if kind == "labels" else viewer.add_image
+    return add(data, name=name, scale=image.scale, translate=image.translate, **kwargs)
+
+
+def show_instances(viewer: napari.Viewer, instances: np.ndarray, image: ImageSnapshot) -> Labels:
+    """Add or update the 'instances' Labels layer (*spatial int32, 0 = none) beside the prediction."""
+    return _add_or_update(viewer, "labels", f"instances {image.name}", instances, image, opacity=0.6)
+
+
+def show_uncertainty(viewer: napari.Viewer, uncertainty: np.ndarray, image: ImageSnapshot) -> Image:
+    """Add or update the 'uncertainty' image layer (*spatial uint8, 0 = sure .. 255 = unsure)."""
+    return _add_or_update(
+        viewer, "image", f"uncertainty {image.name}", uncertainty, image,
+        colormap="inferno", contrast_limits=(0, 255), blending="additive", opacity=0.7,
+    )
