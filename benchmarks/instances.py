@@ -128,7 +128,8 @@ def report(rows: list[dict], steps: int, k: int, min_size: int) -> str:
         f"{steps} training steps, 1 torch thread, `nice -n 19`, CPU preset otherwise; instances of class 2 with "
         f"`min_size={min_size}`; objects paired with the 50 true cells by Hungarian assignment on IoU, TP at IoU >= 0.5; "
         f"'grown' = instances grown {GROW} voxels into the background (`expand_labels`), since the true cells include "
-        f"their boundaries. Machine: {machine_summary()}; load average at the end {os.getloadavg()[0]:.2f}.",
+        f"their boundaries. Seconds are wall time on a shared machine (other jobs ran; the step budget keeps the scores "
+        f"independent of that). Machine: {machine_summary()}; load average at the end {os.getloadavg()[0]:.2f}.",
         "",
         "| seed | method | objects | F1@0.5 | mean matched IoU | F1@0.5 grown | mean matched IoU grown | interior Dice (unpainted) | train s | instances s |",
         "|---|---|---|---|---|---|---|---|---|---|",
