@@ -29,6 +29,7 @@ def test_instances_layer_and_ranked_slices_move_the_view(trained, qtbot):  # noq
     instances = viewer.layers["instances image"]
     assert instances.data.dtype == np.int32 and tuple(instances.scale) == (2.0, 1.0, 1.0)
     assert np.array_equal(instances.data > 0, prediction == 2)
+    assert f"{instances.data.max()} instances into 'instances image'" in widget.progress.status_label.text()
     uncertainty = viewer.layers["uncertainty image"]
     assert uncertainty.data.dtype == np.uint8 and uncertainty.data.shape == prediction.shape
     assert np.array_equal(viewer.layers["annotation"].data, annotation_before)  # the user's layer is untouched

@@ -36,6 +36,7 @@ from .lists import (
 )
 from .predictions import (
     PREDICTION_KEY,
+    annotation_if_fits,
     ensure_prediction_layer,
     find_prediction_layer,
     prediction_of,
@@ -53,6 +54,7 @@ __all__ = [
     "ImageSnapshot",
     "LayerError",
     "add_annotation_layer",
+    "annotation_if_fits",
     "annotation_copy",
     "annotation_layers",
     "class_names_of",

@@ -139,3 +139,10 @@ def show_uncertainty(viewer: napari.Viewer, uncertainty: np.ndarray, image: Imag
         viewer, "image", f"uncertainty {image.name}", uncertainty, image,
         colormap="inferno", contrast_limits=(0, 255), blending="additive", opacity=0.7,
     )
+
+
+def annotation_if_fits(annotation: Labels | None, spatial_shape: tuple[int, ...]) -> np.ndarray | None:
+    """The annotation layer's data (no copy) when it has ``spatial_shape``, else None (to skip painted slices)."""
+    if annotation is None or tuple(annotation.data.shape) != tuple(spatial_shape):
+        return None
+    return annotation.data

@@ -250,12 +250,14 @@ class SparseUNetWidget(QWidget):
         layer = _layers.show_prediction(self.viewer, result.labels, image, self._job_annotation)
         if result.probabilities is not None and self.model is not None:
             _layers.show_probabilities(self.viewer, result.probabilities, image, self.model.class_values, self.model.class_names)
+        found = ""
         if result.instances is not None:
-            _layers.show_instances(self.viewer, result.instances, image)
+            shown = _layers.show_instances(self.viewer, result.instances, image)
+            found = f", {int(result.instances.max(initial=0))} instances into '{shown.name}'"
         if result.uncertainty is not None:
             self._show_uncertainty(result.uncertainty, image)
         self.progress.progress_bar.setValue(1000)
-        self.progress.status_label.setText(f"Predicted '{image.name}' in {result.seconds:.1f} s into '{layer.name}'.")
+        self.progress.status_label.setText(f"Predicted '{image.name}' in {result.seconds:.1f} s into '{layer.name}'{found}.")
 
     def _show_uncertainty(self, uncertainty: Any, image: _layers.ImageSnapshot) -> None:
         """The uncertainty layer and the ranking of unpainted slices along the axis the user scrolls."""
@@ -264,8 +266,7 @@ class SparseUNetWidget(QWidget):
         self._uncertainty_layer = _layers.show_uncertainty(self.viewer, uncertainty, image)
         view = _layers.viewed_slice(self.viewer, self._uncertainty_layer)
         axis = view[0] if view is not None else 0
-        annotation = self._job_annotation
-        painted = annotation.data if annotation is not None and tuple(annotation.data.shape) == uncertainty.shape else None
+        painted = _layers.annotation_if_fits(self._job_annotation, uncertainty.shape)
         self.next_slice.show_ranking(rank_slices(uncertainty, axis, painted=painted), uncertainty.ndim)
 
     def go_to_slice(self, axis: int, index: int) -> None:
