@@ -57,3 +57,27 @@ def test_ranking_order_and_painted_slices_skipped():
     ramp[:, 0] = 0.3
     assert [s.index for s in rank_slices(ramp, axis=1)] == [2, 0, 1]
     assert ranking_csv(ranking[:2]).splitlines() == ["rank,axis,index,mean_uncertainty", "1,z,3,1.000000", "2,z,1,0.784314"]
+
+
+def test_slab_hooks_see_the_blended_probabilities_of_every_row():
+    """Tiled prediction hands each finished slab's normalised probabilities to the hooks, once per row."""
+    import torch
+
+    from napari_sparse_unet.core.generators import run_to_end
+    from napari_sparse_unet.core.predict import sliding_window_predict
+
+    image = np.random.default_rng(1).random((1, 20, 12, 10)).astype(np.float32)
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:  # pointwise, so blending must give back the same values
+        return torch.cat([x, 1 - x, torch.ones_like(x)], dim=1) / 2.0
+
+    probabilities = np.zeros((3, 20, 12, 10), np.float32)
+    writer = UncertaintyWriter((20, 12, 10), "entropy")
+    rows_seen: list[int] = []
+    run_to_end(sliding_window_predict(
+        predictor, image, num_classes=3, tile_size=(8, 8, 8), overlap=0.25, probabilities_out=probabilities,
+        slab_hooks=[writer, lambda rows, p: rows_seen.extend(range(rows.start, rows.stop))],
+    ))
+    assert sorted(rows_seen) == list(range(20))
+    assert np.allclose(probabilities, np.concatenate([image, 1 - image, np.ones_like(image)]) / 2.0, atol=1e-6)
+    assert np.array_equal(writer.out, to_uint8(uncertainty(probabilities, "entropy")))
