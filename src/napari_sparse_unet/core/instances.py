@@ -12,11 +12,12 @@ Two methods, both from scipy / scikit-image:
 Objects smaller than ``min_size`` voxels are removed and the rest numbered
 1..N.  Axis order: (Z, Y, X) or (Y, X); the output has the input's shape.
 
-Memory: the output is int32 (4 bytes/voxel) and the class mask bool (1
-byte/voxel).  The watershed works one connected component at a time, inside
-its bounding box, so its float64 landscape, markers and scratch (about
-40 bytes/voxel) exist only for the largest component's box, never for the
-whole volume.
+Memory: whole-volume arrays are the class mask (bool, 1 byte/voxel), its
+connected components and the output (int32, 4 + 4 bytes/voxel).  The
+watershed works one component at a time inside its bounding box, so its
+float64 landscape, seeds and scratch (roughly 50 bytes/voxel, estimated from
+the dtypes) exist only for the largest component's box, never for the whole
+volume.
 """
 
 from __future__ import annotations
