@@ -109,8 +109,9 @@ def report(rows: list[dict]) -> str:
         "`benchmarks/uncertainty_guided.py`: k = 3 protocol z slices, a fixed step budget at 1 torch thread (`nice -n 19`, "
         "CPU preset otherwise), then ONE more z slice painted from the ground truth, (a) the unpainted slice of highest "
         "mean entropy or (b) the midpoint of the largest gap between painted slices, each fine-tuned from the k = 3 model "
-        "with the same budget. Mean foreground Dice on the voxels unpainted in both arms. EM centre-cropped to 30×256×256. "
-        f"Machine: {machine_summary()}.",
+        "with the same budget. Mean foreground Dice on the voxels unpainted in both arms (k=3: the first model on the "
+        "same voxels). EM centre-cropped to 30×256×256. Run s: wall seconds of the whole run (3 trainings, 3 "
+        f"predictions) on a shared machine. Machine: {machine_summary()}.",
         "",
         "| volume | seed | steps | painted z | (a) least sure z | (b) even z | Dice k=3 | Dice (a) | Dice (b) | (a) − (b) | run s | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -138,6 +139,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # every run trains at 1 thread; the machine line says so
     RESULTS.parent.mkdir(exist_ok=True)
     if not args.report_only:
         for seed in args.seeds:
