@@ -116,7 +116,7 @@ def report(rows: list[dict]) -> str:
         "| volume | seed | steps | painted z | (a) least sure z | (b) even z | Dice k=3 | Dice (a) | Dice (b) | (a) − (b) | run s | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["alias"], r["seed"])):
         d = r["dice"]
         lines.append(
             f"| {r['alias']} | {r['seed']} | {r['steps']} | {r['base']} | {r['picks']['uncertain']} | {r['picks']['even']} | "
