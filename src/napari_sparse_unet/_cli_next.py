@@ -59,7 +59,7 @@ def check(args: argparse.Namespace, model: Any, spatial: tuple[int, ...], usage_
         raise usage_error("--instances CLASS_VALUE and --instances-out OUT go together")
     for option in ("labels", "ranking_out"):
         if getattr(args, option) is not None and args.uncertainty_out is None:
-            raise usage_error(f"--{option.replace('_', '-')} ranks slices of the uncertainty: add --uncertainty-out OUT")
+            raise usage_error(f"--{option.replace('_', '-')} is for the slice ranking, which needs --uncertainty-out OUT")
     outputs = [("--out", args.out), ("--probabilities", args.probabilities),
                ("--instances-out", args.instances_out), ("--uncertainty-out", args.uncertainty_out)]
     seen: dict[Path, str] = {Path(args.image).resolve(): "--image"}
