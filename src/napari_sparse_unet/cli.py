@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__, _cli_distributed
+from . import __version__, _cli_distributed, _cli_next
 from ._cli_channels import channel_files, read_image
 from .core.config import PRESETS, PredictConfig, TrainConfig
 from .core.errors import InputError, UserInputError
@@ -247,7 +247,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if _cli_distributed.requested(args):  # --workers, --scheduler, --block-size, --resume
         if file_channels:
             raise UsageError("block-wise prediction reads one image file; write the channels into one (C, Z, Y, X) file first")
+        if _cli_next.requested(args):
+            raise UsageError("--instances and --uncertainty-out work without --workers/--scheduler/--block-size/--resume")
         return _cli_distributed.run(args, model, config, UsageError)
+    instances = _cli_next.check(args, model, spatial, UsageError, _check_output_path)
     lut = model.output_lut()
     like = channel_files(args.image)[0]  # spacing / NIfTI affine of the (first) input file
     start = time.perf_counter()
@@ -258,8 +261,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             probabilities_out = stack.enter_context(
                 create_output(args.probabilities, (model.num_classes, *spatial), np.float32, like=like, spacing=spacing)
             )
-        run_prediction(PredictJob(model, image, config, labels_out=labels_out, probabilities_out=probabilities_out), args.quiet)
-    written = f" and {args.probabilities}" if args.probabilities else ""
+        extra = _cli_next.open_outputs(args, stack, spatial, spacing, instances)
+        result = run_prediction(
+            PredictJob(model, image, config, labels_out=labels_out, probabilities_out=probabilities_out, **extra), args.quiet
+        )
+        written = "".join(f", {path}" for path in _cli_next.report(args, result, spatial))
+    written += f" and {args.probabilities}" if args.probabilities else ""
     print(f"wrote {args.out}{written} ({_fmt_shape(spatial)}, {time.perf_counter() - start:.1f} s, "
           f"{device} {precision_name(device, config.mixed_precision)})")
     return 0
@@ -346,6 +353,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -450,6 +464,7 @@ def _add_predict_command(commands: Any) -> None:
                       help="tile Z Y X (default: the tiling that computes the fewest voxels within the memory budget)")
     pred.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="tiles per batch (default: 1)")
     _cli_distributed.add_options(pred, _positive_int)
+    _cli_next.add_options(pred, _non_negative_int)
     _add_common(pred, cmd_predict)
 
 

@@ -36,14 +36,17 @@ from .lists import (
 )
 from .predictions import (
     PREDICTION_KEY,
+    annotation_if_fits,
     ensure_prediction_layer,
     find_prediction_layer,
     prediction_of,
     show_prediction,
+    show_instances,
     show_probabilities,
+    show_uncertainty,
     write_preview,
 )
-from .view import viewed_slice, visible_box
+from .view import go_to_slice, viewed_slice, visible_box
 
 __all__ = [
     "PREDICTION_KEY",
@@ -51,6 +54,7 @@ __all__ = [
     "ImageSnapshot",
     "LayerError",
     "add_annotation_layer",
+    "annotation_if_fits",
     "annotation_copy",
     "annotation_layers",
     "channels_snapshot",
@@ -60,6 +64,7 @@ __all__ = [
     "ensure_prediction_layer",
     "find_prediction_layer",
     "fits_image",
+    "go_to_slice",
     "follow_layer_list",
     "guess_annotation",
     "image_channel_axis",
@@ -72,7 +77,9 @@ __all__ = [
     "preferred_image",
     "prediction_of",
     "show_prediction",
+    "show_instances",
     "show_probabilities",
+    "show_uncertainty",
     "spatial_shape_of",
     "viewed_slice",
     "visible_box",

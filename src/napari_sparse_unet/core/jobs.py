@@ -29,6 +29,7 @@ from .rules import as_channel_first
 if TYPE_CHECKING:
     from .checkpoint import SegmentationModel
     from .config import PredictConfig, TrainConfig
+    from .instances import InstanceConfig
     from .train import Trainer
 
 
@@ -47,6 +48,8 @@ class PredictResult:
     labels: Any  # (*spatial), painted values, background 0
     probabilities: Any  # (K, *spatial) float32, or None
     seconds: float
+    uncertainty: Any = None  # (*spatial) uint8, 0 = sure .. 255 = unsure, or None
+    instances: Any = None  # (*spatial) int32, 0 = none, 1..N = objects, or None
 
 
 Box = tuple[tuple[int, int], ...]  # per spatial axis (start, stop), in voxels
@@ -284,6 +287,11 @@ class PredictJob(Job):
         labels_out, probabilities_out: where to write (numpy, zarr...); labels are
             allocated when None.
         probabilities: allocate probabilities in memory when ``probabilities_out`` is None.
+        uncertainty: ``"entropy"`` or ``"margin"`` to compute a uint8 uncertainty
+            slab by slab (into ``uncertainty_out``, or allocated); None: none.
+        instances: make instances of one class after the prediction (into
+            ``instances_out``, int32, or allocated); ``spacing`` steers the
+            distance landscape (default: the model's training spacing).
     """
 
     def __init__(
@@ -295,6 +303,11 @@ class PredictJob(Job):
         labels_out: Any = None,
         probabilities_out: Any = None,
         probabilities: bool = False,
+        uncertainty: str | None = None,
+        uncertainty_out: Any = None,
+        instances: InstanceConfig | None = None,
+        instances_out: Any = None,
+        spacing: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -303,17 +316,45 @@ class PredictJob(Job):
         self.labels_out = labels_out
         self.probabilities_out = probabilities_out
         self.probabilities = probabilities
+        self.uncertainty = uncertainty
+        self.uncertainty_out = uncertainty_out
+        self.instances = instances
+        self.instances_out = instances_out
+        self.spacing = spacing
 
     def _work(self) -> Generator[Any, None, PredictResult | None]:
+        from .instances import ClassProbabilityWriter, segment_instances
         from .predict import predict_iter
+        from .rules import check_instance_class
+        from .uncertainty import UncertaintyWriter
 
         start = time.perf_counter()
+        spatial = tuple(int(s) for s in self.image.shape[-self.model.spatial_dims :])  # predict_iter checks the image
         probabilities = self.probabilities_out
         if probabilities is None and self.probabilities:
-            spatial = tuple(self.image.shape[-self.model.spatial_dims :])  # predict_iter checks the image
             probabilities = np.zeros((self.model.num_classes, *spatial), dtype=np.float32)
-        tiles = predict_iter(self.model, self.image, self.config, self.labels_out, probabilities)
+        hooks: list[Any] = []
+        if self.uncertainty is not None:
+            hooks.append(UncertaintyWriter(spatial, self.uncertainty, self.uncertainty_out))
+        keeper = None
+        if self.instances is not None:  # a class the model lacks is refused before any tile runs
+            index = check_instance_class(self.instances.class_value, self.model.class_values)
+            if self.instances.needs_probability:
+                keeper = ClassProbabilityWriter(spatial, index)
+                hooks.append(keeper)
+        tiles = predict_iter(self.model, self.image, self.config, self.labels_out, probabilities, slab_hooks=hooks)
         labels = yield from drive(tiles, lambda: self.stopped)
         if labels is None:
             return None
-        return PredictResult(labels, probabilities, time.perf_counter() - start)
+        instances = None
+        if self.instances is not None:
+            spacing = self.spacing if self.spacing is not None else self.model.spacing
+            found = segment_instances(labels, self.instances, probability=None if keeper is None else keeper.out, spacing=spacing)
+            del keeper
+            if self.instances_out is not None:
+                self.instances_out[...] = found
+                instances = self.instances_out
+            else:
+                instances = found
+        uncertainty = hooks[0].out if self.uncertainty is not None else None
+        return PredictResult(labels, probabilities, time.perf_counter() - start, uncertainty, instances)

@@ -320,3 +320,42 @@ def check_spacing(spacing: Sequence[float] | None, spatial_dims: int) -> tuple[f
     if len(values) != spatial_dims or any(not math.isfinite(s) or s <= 0 for s in values):
         raise InputError(f"spacing {values} must hold {spatial_dims} positive numbers, one per spatial axis")
     return values
+
+
+# ------------------------------------------------------------ instances, uncertainty
+
+
+def check_instance_settings(
+    method: str, methods: Sequence[str], landscape: str, landscapes: Sequence[str], min_size: int, seed_depth: float | None
+) -> None:
+    """ConfigError unless the instance method, landscape, minimum size and seed depth can work."""
+    if method not in methods:
+        raise ConfigError(f"unknown instance method {method!r}; use {' or '.join(methods)}")
+    if landscape not in landscapes:
+        raise ConfigError(f"unknown watershed landscape {landscape!r}; use {' or '.join(landscapes)}")
+    if int(min_size) != min_size or min_size < 0:
+        raise ConfigError(f"minimum instance size must be a whole number of voxels >= 0, got {min_size}")
+    if seed_depth is not None and not (seed_depth > 0 and math.isfinite(seed_depth)):
+        raise ConfigError(f"seed depth must be a positive number, got {seed_depth}")
+
+
+def check_instance_class(class_value: int, class_values: Sequence[int]) -> int:
+    """Index of ``class_value`` among the model's ``class_values`` (1 = background first).
+
+    Raises:
+        InputError: the model has no such class, or it is the background.
+    """
+    classes = [int(v) for v in class_values]
+    foreground = ", ".join(str(v) for v in classes[1:]) or "none"
+    if class_value == 1 or class_value == 0:
+        raise InputError(f"instances of class {class_value}: that is the background; choose a class value ({foreground})")
+    if class_value not in classes:
+        raise InputError(f"instances of class {class_value}: the model has no such class; its classes are {foreground}")
+    return classes.index(class_value)
+
+
+def check_uncertainty_measure(measure: str, measures: Sequence[str]) -> str:
+    """``measure`` if it is one of ``measures``; ConfigError otherwise."""
+    if measure not in measures:
+        raise ConfigError(f"unknown uncertainty measure {measure!r}; use {' or '.join(measures)}")
+    return measure
