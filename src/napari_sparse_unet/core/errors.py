@@ -26,3 +26,7 @@ class ConfigError(UserInputError):
 
 class CheckpointError(UserInputError):
     """A model file is missing, corrupt or not one of ours; the message says which."""
+
+
+class DependencyError(UserInputError):
+    """An optional package a feature needs is not installed; the message says how to install it."""
