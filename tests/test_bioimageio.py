@@ -19,6 +19,7 @@ import torch
 pytest.importorskip("bioimageio.spec")
 
 from napari_sparse_unet import bioimageio_export as bx  # noqa: E402
+from napari_sparse_unet import bioimageio_network as bn  # noqa: E402
 from napari_sparse_unet import io  # noqa: E402
 from napari_sparse_unet.cli import main  # noqa: E402
 from napari_sparse_unet.core.checkpoint import PACKAGE_CHECKPOINT, SegmentationModel  # noqa: E402
@@ -83,7 +84,7 @@ def test_export_validates_offline_and_predicts_like_the_original(trained, tmp_pa
     assert descr.inputs[0].axes[2].scale == 2.0 and descr.inputs[0].axes[3].size.step == 4
     assert descr.inputs[0].pad.mode == "reflect"  # consumers pad a whole image as this plugin does
     # The test input is the training image (12, 32, 32), mirrored out to the minimum size where it is smaller.
-    minimum = bx.tile_rules(trained["model"]).minimum
+    minimum = bn.tile_rules(trained["model"]).minimum
     assert test_input.shape == (1, 1, *minimum) and test_input.dtype == np.float32
     inside = tuple(slice((m - n) // 2, (m - n) // 2 + n) for m, n in zip(minimum, (12, 32, 32)))
     np.testing.assert_array_equal(test_input[(0, 0, *inside)], trained["image"])
@@ -102,14 +103,14 @@ def test_export_validates_offline_and_predicts_like_the_original(trained, tmp_pa
 
 def test_torchscript_network_equals_predict_on_a_tile(trained):
     model = trained["model"]
-    rules = bx.tile_rules(model)
+    rules = bn.tile_rules(model)
     assert rules.step == (2, 4, 4) and all(m > 2 * h for m, h in zip(rules.minimum, rules.halo))
     assert all(2 * h % s == 0 for h, s in zip(rules.halo, rules.step))  # a consumer may pad a whole image by the halo
     volume = np.pad(trained["image"], ((4, 4), (2, 2), (2, 2)), mode="reflect")  # (20, 36, 36): one valid tile
     probabilities = np.zeros((model.num_classes, *volume.shape), np.float32)
     predict(model, volume, PredictConfig(device="cpu", mixed_precision=False, tile_size=volume.shape),
             probabilities_out=probabilities)
-    scripted = bx.torchscript_network(model, torch.from_numpy(volume[None, None]))
+    scripted = bn.torchscript_network(model, torch.from_numpy(volume[None, None]))
     with torch.no_grad():
         packaged = scripted(torch.from_numpy(volume[None, None])).numpy()[0]
     np.testing.assert_allclose(packaged, probabilities, atol=1e-5)
@@ -122,7 +123,7 @@ def test_packaged_normalisation_equals_numpy(trained, knots):
     model = trained["model"].copy()
     model.normalization = Normalization(low=(0.5, -1.0), high=(4.0, 3.0), knots=knots)
     x = np.random.default_rng(0).uniform(-5, 10, (2, 3, 4, 5)).astype(np.float32)  # beyond both ends too
-    packaged = bx.PackagedNetwork(model).normalize(torch.from_numpy(x[None]))[0].numpy()
+    packaged = bn.PackagedNetwork(model).normalize(torch.from_numpy(x[None]))[0].numpy()
     np.testing.assert_allclose(packaged, model.normalization.apply(x), rtol=1e-6, atol=1e-6)
 
 
@@ -178,3 +179,23 @@ def test_widget_exports_the_loaded_model(make_napari_viewer, qtbot, trained, tmp
     assert "Exported" in widget.progress.status_label.text() and widget.model_panel.export_button.isEnabled()
     assert SegmentationModel.load(package).class_names == ("background", "ball", "box")
     widget.shutdown()
+
+
+def test_two_channel_2d_model_round_trip(tmp_path, offline):
+    """An untrained 2-D, 2-channel model with a filter bank and equalisation: exported, validated, loaded back."""
+    from napari_sparse_unet.core.config import ModelConfig
+    from napari_sparse_unet.core.model import build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(2, 2, 3, ((2, 2),), base_channels=2, filter_sigmas=((1.0, 1.0),))
+    model = SegmentationModel(
+        network=build_model(config).eval(), model_config=config, train_config=TrainConfig(),
+        normalization=Normalization(low=(0.0, 0.0), high=(1.0, 1.0), knots=((0.0, 0.3, 1.0), (0.0, 2.0))),
+        class_values=(1, 2, 4), patch_size=(16, 16),
+    )
+    image = np.random.default_rng(1).random((2, 40, 36)).astype(np.float32)
+    summary = bx.export_model(model, tmp_path / "flat.zip", image, run_test=False)
+    assert summary.status == "valid-format"
+    with zipfile.ZipFile(tmp_path / "flat.zip") as archive:
+        assert np.load(io_bytes(archive.read("test_input.npy"))).shape[:2] == (1, 2)
+    np.testing.assert_array_equal(predict(SegmentationModel.load(tmp_path / "flat.zip"), image, EXACT), predict(model, image, EXACT))
