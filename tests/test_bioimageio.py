@@ -148,6 +148,16 @@ def test_foreign_package_and_non_model_files_are_clear_errors(tmp_path, capsys, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.zip", "notes.zip"]  # nothing half-written
 
 
+def test_missing_bioimageio_spec_is_one_line_saying_what_to_install(trained, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bioimageio.spec", None)  # as if it were not installed
+    code, _, err = run(["export", "--model", trained["folder"] / "model.pt", "--image", trained["folder"] / "image.tif",
+                        "--out", tmp_path / "m.zip"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "napari-sparse-unet[bioimageio]" in err, err
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_bioimageio_core_runs_the_package(trained, tmp_path, offline):
     pytest.importorskip("bioimageio.core")
