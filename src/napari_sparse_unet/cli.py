@@ -2,6 +2,7 @@
 
     napari-sparse-unet train   --image IMG --labels ANNOT [...] --model OUT.pt
     napari-sparse-unet predict --model MODEL.pt --image IMG --out OUT.tif
+    napari-sparse-unet export  --model MODEL.pt --image IMG --out MODEL.zip
     napari-sparse-unet demo
 
 Bad input ends the program with one line ``error: ...`` on stderr and exit status 2,
@@ -272,6 +273,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .bioimageio_export import export_model
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    image, _, _ = read_image(args.image, lazy=True, key=args.key)
+    summary = export_model(
+        args.model, args.out, image, name=args.name, authors=args.author or (), license=args.license,
+        run_test=False if args.no_test else None,
+    )
+    checked = "tested with bioimageio.core" if summary.status == "passed" else "validated with bioimageio.spec"
+    print(f"wrote {args.out} (bioimage.io model package, {checked}: {summary.status})")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -409,6 +430,13 @@ COMMANDS = {
         "Segment a volume with a trained model. The output holds 0 for background and "
         "the painted value of each class elsewhere.",
     ),
+    "export": (
+        "write a trained model as a bioimage.io model package (.zip)",
+        "Write a trained model as a bioimage.io model package: TorchScript weights (normalisation, "
+        "halo and U-Net inside), a test input cropped from --image and its output, a README. It is "
+        "validated with bioimageio.spec (and tested with bioimageio.core when installed); "
+        "'predict --model' and the widget load it back.",
+    ),
     "demo": (
         "train and predict on the generated sample; print Dice and times",
         "Generate the sample volume with 4 painted slices, train briefly, predict the whole "
@@ -468,6 +496,21 @@ def _add_predict_command(commands: Any) -> None:
     _add_common(pred, cmd_predict)
 
 
+def _add_export_command(commands: Any) -> None:
+    export = _command(commands, "export")
+    export.add_argument("--model", required=True, metavar="MODEL.pt", help="a model saved by 'train' or the napari widget")
+    export.add_argument("--image", required=True, metavar="IMG",
+                        help="an image like the training images (e.g. one of them), or its channel files A,B,...; "
+                        "its centre is the test input")
+    export.add_argument("--key", metavar="NAME", help="the array to read from a .mat --image holding several")
+    export.add_argument("--out", required=True, metavar="OUT.zip", help="the package to write")
+    export.add_argument("--name", help="model name, at least 5 characters (default: OUT's file name)")
+    export.add_argument("--author", action="append", metavar="NAME", help="an author's name; repeat for several (default: your login name)")
+    export.add_argument("--license", default="CC-BY-4.0", metavar="SPDX", help="license of the weights, an SPDX id (default: CC-BY-4.0)")
+    export.add_argument("--no-test", action="store_true", help="skip bioimageio.core's test run even when it is installed")
+    _add_common(export, cmd_export)
+
+
 def _add_demo_command(commands: Any) -> None:
     demo = _command(commands, "demo")
     _add_training_options(demo)
@@ -488,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add_command in (_add_train_command, _add_predict_command, _add_demo_command):
+    for add_command in (_add_train_command, _add_predict_command, _add_export_command, _add_demo_command):
         add_command(commands)
     return parser
 

@@ -25,7 +25,7 @@ from .curves_plot import CurvesPlot
 from .data_panel import DataPanel
 from .next_panel import InstancesPanel, NextSlicePanel
 from .notify import notify
-from .panels import ModelPanel, PredictionPanel, ProgressPanel
+from .panels import NO_IMAGE_TO_EXPORT, ModelPanel, PredictionPanel, ProgressPanel
 from .runner import JobRunner
 from .training_panel import TrainingPanel
 from .view import ViewFollower
@@ -54,7 +54,7 @@ class SparseUNetWidget(QWidget):
         self.prediction = PredictionPanel()
         self.instances = InstancesPanel()
         self.next_slice = NextSlicePanel()
-        self.model_panel = ModelPanel(lambda: self.model)
+        self.model_panel = ModelPanel(lambda: self.model, self._selected_image)
         self.progress = ProgressPanel()
         self.curves = CurvesPlot()
         layout = QVBoxLayout(self)
@@ -77,6 +77,7 @@ class SparseUNetWidget(QWidget):
         self.next_slice.slice_chosen.connect(self.go_to_slice)
         self.model_panel.loaded.connect(self._on_loaded)
         self.model_panel.status_changed.connect(self.progress.status_label.setText)
+        self.model_panel.export_finished.connect(self._update_buttons)
         self._update_buttons()
         self._detect_devices()
 
@@ -96,6 +97,12 @@ class SparseUNetWidget(QWidget):
     def update_stats(self) -> AnnotationStats | None:
         return self.data.update_stats()
 
+    def _selected_image(self) -> Any:
+        """The selected image layer's data, (C, *spatial); raises UserInputError when there is none."""
+        if self.image_layer is None:
+            raise UserInputError(NO_IMAGE_TO_EXPORT)
+        return _layers.channels_snapshot(self.data.channel_layers, self.data.first_axis_is_channel).data
+
     def _followed_image(self) -> tuple[Any, bool] | None:
         job_image = self._job_image
         layer = _layers.image_layer_named(self.viewer, job_image.name) if job_image is not None else self.image_layer
@@ -113,6 +120,8 @@ class SparseUNetWidget(QWidget):
         self.prediction.copy_button.setEnabled(not busy and image and annotation)
         self.model_panel.save_button.setEnabled(not busy and self.model is not None)
         self.model_panel.load_button.setEnabled(not busy)
+        exporting = self.model_panel.export_worker is not None
+        self.model_panel.export_button.setEnabled(not busy and not exporting and image and self.model is not None)
         self.data.set_busy(busy)
 
     def _set_model(self, model: Any) -> None:

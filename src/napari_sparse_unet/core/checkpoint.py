@@ -10,7 +10,9 @@ loading a file never runs pickled code.
 from __future__ import annotations
 
 import copy
+import io
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,9 @@ from .model import build_model
 
 FORMAT = "napari-sparse-unet"
 FORMAT_VERSION = 1
+# This plugin's checkpoint inside a bioimage.io package it exported (see bioimageio_export).
+PACKAGE_CHECKPOINT = "napari_sparse_unet_model.pt"
+_PACKAGE_DESCRIPTIONS = ("rdf.yaml", "bioimageio.yaml")
 
 
 def generic_channel_names(count: int) -> tuple[str, ...]:
@@ -164,15 +169,36 @@ class SegmentationModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "SegmentationModel":
-        """Read a checkpoint; raises :class:`CheckpointError` with a clear message."""
+        """Read a checkpoint, or a bioimage.io package this plugin exported; raises :class:`CheckpointError` with a clear message."""
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"model file {str(path)!r} does not exist")
+        source: Any = _packaged_checkpoint(path) or path
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many kinds for a corrupt or foreign file
             raise CheckpointError(f"model file {str(path)!r} cannot be read ({type(error).__name__}); it is corrupt or not a model file") from None
         return cls.from_payload(payload, source=f"model file {str(path)!r}")
+
+
+def _packaged_checkpoint(path: Path) -> io.BytesIO | None:
+    """The checkpoint attached to a bioimage.io package (a zip holding rdf.yaml); None for other files.
+
+    A torch checkpoint is a zip too, but never holds a bioimage.io description.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if not names.intersection(_PACKAGE_DESCRIPTIONS):
+                return None
+            if PACKAGE_CHECKPOINT not in names:
+                raise CheckpointError(
+                    f"model file {str(path)!r} is a bioimage.io package not exported by napari-sparse-unet "
+                    f"(it holds no {PACKAGE_CHECKPOINT}); run it with a bioimage.io consumer such as bioimageio.core"
+                )
+            return io.BytesIO(archive.read(PACKAGE_CHECKPOINT))
+    except (zipfile.BadZipFile, OSError):
+        return None
 
 
 def load_network(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, Normalization]:

@@ -30,3 +30,7 @@ class CheckpointError(UserInputError):
 
 class VolumeIOError(UserInputError):
     """A volume file or folder cannot be read or written; the message names it and says why."""
+
+
+class DependencyError(UserInputError):
+    """An optional package a feature needs is not installed; the message says how to install it."""
