@@ -475,14 +475,19 @@ def _add_train_command(commands: Any) -> None:
     _add_common(train, cmd_train)
 
 
+def _add_model_and_image(parser: argparse.ArgumentParser, image_help: str) -> None:
+    """--model, --image (read by :func:`read_image`: a file, a DICOM folder or channel files A,B,...) and --key."""
+    parser.add_argument("--model", required=True, metavar="MODEL.pt",
+                        help="a model saved by 'train' or the napari widget (or a bioimage.io .zip that 'export' wrote)")
+    parser.add_argument("--image", required=True, metavar="IMG", help=image_help)
+    parser.add_argument("--key", metavar="NAME", help="the array to read from a .mat --image holding several")
+
+
 def _add_predict_command(commands: Any) -> None:
     """The predict command; options that shape prediction go to :func:`_predict_config`."""
     pred = _command(commands, "predict")
-    pred.add_argument("--model", required=True, metavar="MODEL.pt", help="a model saved by 'train' or the napari widget")
-    pred.add_argument("--image", required=True, metavar="IMG",
-                      help="volume to segment (a file or a DICOM series folder), or its channel files A,B,... "
-                      "in the model's channel order")
-    pred.add_argument("--key", metavar="NAME", help="the array to read from a .mat --image holding several")
+    _add_model_and_image(pred, "volume to segment (a file or a DICOM series folder), or its channel files A,B,... "
+                         "in the model's channel order")
     pred.add_argument("--out", required=True, metavar="OUT", help="labels output (.tif, .npy, .nii.gz, .zarr)")
     pred.add_argument("--probabilities", metavar="OUT", help="also write class probabilities (K, Z, Y, X) float32")
     pred.add_argument("--overlap", type=_fraction, default=0.25, metavar="F",
@@ -498,11 +503,8 @@ def _add_predict_command(commands: Any) -> None:
 
 def _add_export_command(commands: Any) -> None:
     export = _command(commands, "export")
-    export.add_argument("--model", required=True, metavar="MODEL.pt", help="a model saved by 'train' or the napari widget")
-    export.add_argument("--image", required=True, metavar="IMG",
-                        help="an image like the training images (e.g. one of them), or its channel files A,B,...; "
-                        "its centre is the test input")
-    export.add_argument("--key", metavar="NAME", help="the array to read from a .mat --image holding several")
+    _add_model_and_image(export, "an image like the training images (e.g. one of them), or its channel files A,B,...; "
+                         "its centre is the test input")
     export.add_argument("--out", required=True, metavar="OUT.zip", help="the package to write")
     export.add_argument("--name", help="model name, at least 5 characters (default: OUT's file name)")
     export.add_argument("--author", action="append", metavar="NAME", help="an author's name; repeat for several (default: your login name)")
