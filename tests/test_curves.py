@@ -105,7 +105,7 @@ def test_log_writes_csv_and_tensorboard(tmp_path):
 
 def test_missing_tensorboard_is_one_clear_error_and_csv_still_works(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard now raises ImportError
-    with pytest.raises(ConfigError, match=r"need the 'tensorboard' package.*napari-sparse-unet\[logs\]"):
+    with pytest.raises(ConfigError, match=r"needs the 'tensorboard' package.*napari-sparse-unet\[logs\]"):
         TrainingLog(tmp_path / "tb", ("csv", "tensorboard"))
     assert not (tmp_path / "tb").exists()  # refused before anything was made
     with TrainingLog(tmp_path / "csv", ("csv",)) as log:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .core.errors import VolumeIOError
+from .core.errors import VolumeIOError, missing_package
 
 
 def import_optional(module: str, fmt: str, install: str | None = None) -> Any:
@@ -13,5 +13,5 @@ def import_optional(module: str, fmt: str, install: str | None = None) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        how = install or f"pip install {module.split('.')[0]}"
-        raise VolumeIOError(f"reading or writing {fmt} files needs the '{module.split('.')[0]}' package: {how}") from exc
+        package = module.split(".")[0]
+        raise VolumeIOError(missing_package(f"reading or writing {fmt} files", package, install or f"pip install {package}")) from exc

@@ -29,7 +29,7 @@ import torch
 
 from .bioimageio_network import TileRules, make_test_input, tile_rules, torchscript_network
 from .core.checkpoint import PACKAGE_CHECKPOINT, SegmentationModel
-from .core.errors import DependencyError, InputError
+from .core.errors import DependencyError, InputError, missing_package
 from .core.files import atomic_file
 
 AXES = ("z", "y", "x")
@@ -48,7 +48,7 @@ def _spec() -> Any:
         from bioimageio.spec.model import v0_5
     except ImportError:
         raise DependencyError(
-            "exporting to bioimage.io needs bioimageio.spec: pip install 'napari-sparse-unet[bioimageio]'"
+            missing_package("exporting to bioimage.io", "bioimageio.spec", "pip install 'napari-sparse-unet[bioimageio]'")
         ) from None
     return v0_5
 
@@ -228,7 +228,7 @@ def consumer_available() -> bool:
 
 def _require_consumer() -> None:
     if not consumer_available():
-        raise DependencyError("testing a bioimage.io package needs bioimageio.core: pip install bioimageio.core")
+        raise DependencyError(missing_package("testing a bioimage.io package", "bioimageio.core", "pip install bioimageio.core"))
 
 
 def run_consumer_test(path: str | os.PathLike[str]) -> Any:

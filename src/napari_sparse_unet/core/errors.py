@@ -34,3 +34,8 @@ class VolumeIOError(UserInputError):
 
 class DependencyError(UserInputError):
     """An optional package a feature needs is not installed; the message says how to install it."""
+
+
+def missing_package(purpose: str, package: str, install: str) -> str:
+    """The one message for an optional package that a feature needs and that is not installed."""
+    return f"{purpose} needs the '{package}' package, which is not installed: {install}"

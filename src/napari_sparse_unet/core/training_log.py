@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from .curves import COLUMNS, TrainingCurves
-from .errors import ConfigError
+from .errors import ConfigError, missing_package
 from .files import atomic_file
 
 LOG_FORMATS: tuple[str, ...] = ("csv", "tensorboard")
@@ -53,8 +53,7 @@ def check_log_formats(formats: Iterable[str]) -> tuple[str, ...]:
         raise ConfigError(f"unknown log format {unknown[0]!r}; use {' or '.join(LOG_FORMATS)}")
     if "tensorboard" in formats and not tensorboard_available():
         raise ConfigError(
-            "TensorBoard logs need the 'tensorboard' package, which is not installed: "
-            "pip install 'napari-sparse-unet[logs]', or write CSV only"
+            missing_package("writing TensorBoard logs", "tensorboard", "pip install 'napari-sparse-unet[logs]', or write CSV only")
         )
     return formats
 
