@@ -54,11 +54,11 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("train", "predict", "demo"):
+    for command in ("train", "predict", "export", "demo"):
         assert command in out
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "demo"])
+@pytest.mark.parametrize("command", ["train", "predict", "export", "demo"])
 def test_command_help(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -82,15 +82,17 @@ def test_nifti_axes_are_reversed_both_ways(tmp_path):
     assert stored.shape == (5, 4, 3)  # NIfTI keeps (X, Y, Z)
     np.testing.assert_array_equal(np.asanyarray(stored.dataobj), zyx.T)
     np.testing.assert_allclose(stored.header.get_zooms()[:3], (1.0, 2.0, 3.0))
-    np.testing.assert_allclose(np.diag(stored.affine)[:3], (1.0, 2.0, 3.0))
+    # The layer's X runs to the patient's left and Y posterior (radiological display axes).
+    np.testing.assert_allclose(np.diag(stored.affine)[:3], (-1.0, -2.0, 3.0))
 
-    # A file made by another tool: value at voxel (x=4, y=1, z=2) must land at [2, 1, 4].
+    # A file made by another tool, stored RAS (x to the right, y anterior): value at voxel
+    # (x=4, y=1, z=2) must land at [z=2, y=4-1-1=2, x=5-4-1=0].
     xyz = np.zeros((5, 4, 3), np.float32)
     xyz[4, 1, 2] = 9
     affine = np.diag([0.7, 0.8, 4.0, 1.0])
     nib.save(nib.Nifti1Image(xyz, affine), str(tmp_path / "b.nii"))
     array, spacing = io.read_volume_with_spacing(tmp_path / "b.nii")
-    assert array.shape == (3, 4, 5) and array[2, 1, 4] == 9
+    assert array.shape == (3, 4, 5) and array[2, 2, 0] == 9
     np.testing.assert_allclose(spacing, (4.0, 0.8, 0.7), rtol=1e-6)
 
 

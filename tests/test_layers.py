@@ -85,9 +85,12 @@ def test_copy_slice_other_axis_and_shape_mismatch():
         _layers.copy_slice_to_annotation(prediction, napari_layers.Labels(np.zeros((3, 4, 4), np.uint8)), 0, 0)
 
 
-def test_importing_the_widget_does_not_import_torch():
+def test_importing_the_widget_imports_neither_torch_nor_pyqtgraph():
     src = Path(__file__).resolve().parents[1] / "src"
-    code = "import sys, napari_sparse_unet._qt.widget; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, napari_sparse_unet._qt.widget; assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert 'pyqtgraph' not in sys.modules, 'pyqtgraph imported'"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr

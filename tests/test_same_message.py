@@ -127,3 +127,26 @@ def test_patch_size_the_network_cannot_take(tmp_path, capsys, tiny_volume, widge
     gui = _widget_errors(widget, train_and_wait)
     assert cli == message
     assert gui == [f"Training failed: {message}"]
+
+
+def test_channel_layers_of_different_shapes(tmp_path, capsys, tiny_volume, widget_on):
+    from napari_sparse_unet.core.rules import channels_problem, stack_channels
+
+    image, _, annotation = tiny_volume
+    short = image[:-1]
+    message = channels_problem(["image", "short"], [image.shape, short.shape])
+
+    with pytest.raises(UserInputError) as api:
+        stack_channels([image, short], ["image", "short"])
+    io.write_volume(tmp_path / "image.tif", image)
+    io.write_volume(tmp_path / "short.tif", short)
+    io.write_volume(tmp_path / "labels.tif", annotation)
+    cli = _cli_error(["train", "--image", f"{tmp_path / 'image.tif'},{tmp_path / 'short.tif'}",
+                      "--labels", tmp_path / "labels.tif", "--model", tmp_path / "m.pt", "--device", "cpu", "-q"], capsys)
+    widget = widget_on(image, annotation)
+    widget.data.channels.set_layers([widget.viewer.add_image(short, name="short")])
+    assert [layer.name for layer in widget.data.channel_layers] == ["image", "short"]
+    gui = _widget_errors(widget, widget.train)
+
+    assert str(api.value) == message and cli == message
+    assert gui == [message]

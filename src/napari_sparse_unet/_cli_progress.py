@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .core.generators import run_to_end
@@ -32,8 +33,8 @@ def run_prediction(job: PredictJob, quiet: bool) -> PredictResult:
         return run_to_end(job.run(), show)
 
 
-def run_training(job: TrainJob, quiet: bool) -> tuple[SegmentationModel, bool]:
-    """Run the job with a progress bar.  Returns (model, interrupted).
+def run_training(job: TrainJob, quiet: bool, each: Callable[[Any], None] | None = None) -> tuple[SegmentationModel, bool]:
+    """Run the job with a progress bar, calling ``each(event)`` per step too.  Returns (model, interrupted).
 
     Ctrl-C stops training at the next step and keeps the best model so far.
     """
@@ -47,6 +48,8 @@ def run_training(job: TrainJob, quiet: bool) -> tuple[SegmentationModel, bool]:
             shown["val_dice"] = f"{event.val_dice:.3f}"
         bar.set_postfix(shown, refresh=False)
         bar.update(round(100 * event.progress, 1) - bar.n)
+        if each is not None:
+            each(event)
 
     try:
         return run_to_end(job.run(), show), False

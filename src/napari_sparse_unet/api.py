@@ -14,6 +14,7 @@ widget show.
 """
 
 from .core.checkpoint import SegmentationModel, load_network
+from .core.curves import TrainingCurves
 from .core.config import PRESETS, ModelConfig, PredictConfig, TrainConfig
 from .core.device import available_devices, resolve_device
 from .core.errors import CheckpointError, ConfigError, InputError, UserInputError
@@ -21,6 +22,7 @@ from .core.generators import run_to_end
 from .core.jobs import PredictJob, PredictResult, TrainJob
 from .core.predict import PredictEvent, predict, predict_iter
 from .core.train import TrainEvent, Trainer, train
+from .core.training_log import TrainingLog, write_curves
 
 __all__ = [
     "PRESETS",
@@ -37,6 +39,8 @@ __all__ = [
     "TrainEvent",
     "TrainJob",
     "Trainer",
+    "TrainingCurves",
+    "TrainingLog",
     "UserInputError",
     "available_devices",
     "load_network",
@@ -45,4 +49,5 @@ __all__ = [
     "resolve_device",
     "run_to_end",
     "train",
+    "write_curves",
 ]

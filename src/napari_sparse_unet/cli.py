@@ -2,6 +2,7 @@
 
     napari-sparse-unet train   --image IMG --labels ANNOT [...] --model OUT.pt
     napari-sparse-unet predict --model MODEL.pt --image IMG --out OUT.tif
+    napari-sparse-unet export  --model MODEL.pt --image IMG --out MODEL.zip
     napari-sparse-unet demo
 
 Bad input ends the program with one line ``error: ...`` on stderr and exit status 2,
@@ -22,12 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__, _cli_distributed
+from . import __version__, _cli_distributed, _cli_next
+from ._cli_channels import channel_files, read_image
 from .core.config import PRESETS, PredictConfig, TrainConfig
 from .core.errors import InputError, UserInputError
 from .core.jobs import PredictJob, TrainJob
 from .core.presets import default_preset
-from .core.rules import DEVICE_NAMES, annotation_shape_problem, model_image_problem, parse_patch_size
+from .core.rules import (
+    DEVICE_NAMES,
+    annotation_shape_problem,
+    model_channels_problem,
+    model_image_problem,
+    parse_patch_size,
+)
 from ._cli_progress import run_prediction, run_training
 from .io import SUFFIXES, create_output, read_volume_with_spacing, volume_format
 
@@ -99,14 +107,18 @@ def _train_config(args: argparse.Namespace, spatial_dims: int) -> tuple[str, Tra
     return preset_name, dataclasses.replace(config, **changes)
 
 
-def _read_training_pairs(images: list[str], labels: list[str]) -> tuple[list[Any], list[np.ndarray], tuple[float, ...] | None]:
+def _read_training_pairs(
+    images: list[str], labels: list[str], key: str | None = None, labels_key: str | None = None
+) -> tuple[list[Any], list[np.ndarray], tuple[float, ...] | None, tuple[str, ...] | None]:
+    """(images, annotations, spacing, channel names of the first image when it came from several files)."""
     if len(images) != len(labels):
         raise UsageError(f"got {len(images)} --image but {len(labels)} --labels: give one --labels per --image")
     arrays, annotations = [], []
-    spacing = None
+    spacing = channel_names = None
     for image_path, labels_path in zip(images, labels):
-        image, image_spacing = read_volume_with_spacing(image_path)
-        annotation, labels_spacing = read_volume_with_spacing(labels_path)
+        image, image_spacing, names = read_image(image_path, key=key)
+        channel_names = channel_names or names
+        annotation, labels_spacing = read_volume_with_spacing(labels_path, key=labels_key)
         annotation = np.asarray(annotation)
         if not (np.issubdtype(annotation.dtype, np.integer) or annotation.dtype == bool):
             if np.issubdtype(annotation.dtype, np.floating) and np.all(np.mod(annotation, 1) == 0):
@@ -121,19 +133,31 @@ def _read_training_pairs(images: list[str], labels: list[str]) -> tuple[list[Any
         spacing = spacing or image_spacing or labels_spacing
         arrays.append(image)
         annotations.append(annotation)
-    return arrays, annotations, spacing
+    return arrays, annotations, spacing, channel_names
+
+
+def _channel_names(args: argparse.Namespace, from_files: tuple[str, ...] | None, channels: int) -> tuple[str, ...] | None:
+    """--channel-names (one per channel), else the names of the channel files, else None (generic or the resumed model's)."""
+    if args.channel_names:
+        if len(args.channel_names) != channels:
+            raise UsageError(f"--channel-names gives {len(args.channel_names)} name(s) but the image has {channels} channel(s)")
+        return tuple(args.channel_names)
+    return from_files
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     _check_output_path(args.model, "--model")
-    images, annotations, file_spacing = _read_training_pairs(args.image, args.labels)
+    log_formats = _log_formats(args)
+    images, annotations, file_spacing, file_channels = _read_training_pairs(args.image, args.labels, args.key, args.labels_key)
     preset, config = _train_config(args, annotations[0].ndim)
     spacing = tuple(args.spacing) if args.spacing is not None else file_spacing
+    channels = int(np.shape(images[0])[0]) if np.ndim(images[0]) > annotations[0].ndim else 1
 
     from .core.checkpoint import SegmentationModel
 
     initial = SegmentationModel.load(args.resume) if args.resume else None
-    job = TrainJob(images, annotations, config, spacing=spacing, initial=initial, class_names=args.class_names or None)
+    job = TrainJob(images, annotations, config, spacing=spacing, initial=initial, class_names=args.class_names or None,
+                   channel_names=_channel_names(args, file_channels, channels))
     trainer = job.prepare()  # checks the input before the first line is printed
     _say(
         args,
@@ -142,20 +166,46 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"up to {config.max_steps} steps" + (f" or {config.max_time:g} s" if config.max_time else ""),
     )
     start = time.perf_counter()
-    model, interrupted = run_training(job, args.quiet)
+    with contextlib.ExitStack() as stack:
+        each = None
+        if args.log_dir is not None:
+            from .core.training_log import TrainingLog
+
+            log = stack.enter_context(TrainingLog(args.log_dir, log_formats))
+            for row in job.curves.rows():  # the resumed model's curve, continued by this run
+                log.add(row)
+            each = lambda event: log.add(job.curves.last())  # noqa: E731
+        model, interrupted = run_training(job, args.quiet, each)
     model.save(args.model)
     steps = model.history.get("steps", "?")
     what = "interrupted; saved the best model so far" if interrupted else "saved model"
-    print(f"{what} to {args.model} ({steps} steps, {time.perf_counter() - start:.1f} s)")
+    logged = f"; curves in {args.log_dir} ({', '.join(log_formats)})" if args.log_dir is not None else ""
+    print(f"{what} to {args.model} ({steps} steps, {time.perf_counter() - start:.1f} s){logged}")
     return EXIT_INTERRUPTED if interrupted else 0
+
+
+def _log_formats(args: argparse.Namespace) -> tuple[str, ...]:
+    """The --log-format choice, checked before training; by default CSV, plus TensorBoard when installed."""
+    from .core.training_log import check_log_formats, tensorboard_available
+
+    if args.log_format:
+        return check_log_formats(dict.fromkeys(args.log_format))
+    if args.log_dir is None or tensorboard_available():
+        return ("csv", "tensorboard")
+    _say(args, "note: tensorboard is not installed, writing CSV only (pip install 'napari-sparse-unet[logs]')")
+    return ("csv",)
 
 
 # --------------------------------------------------------------------------- predict
 
 
-def _spatial_shape(model: SegmentationModel, image: Any) -> tuple[int, ...]:
-    """Check the image's shape against the model (before outputs are created); return its spatial shape."""
-    problem = model_image_problem(image.shape, model.spatial_dims, model.in_channels)
+def _spatial_shape(model: SegmentationModel, image: Any, file_channels: tuple[str, ...] | None) -> tuple[int, ...]:
+    """Check the image (and its channel files) against the model before outputs are created; return its spatial shape."""
+    problem = model_channels_problem(model.channel_names, file_channels) if file_channels else None
+    if problem is None:
+        problem = model_image_problem(image.shape, model.spatial_dims, model.in_channels)
+        if problem and model.in_channels > 1:
+            problem += f" (the model's channels: {', '.join(model.channel_names)}; give separate files as --image A,B)"
     if problem:
         raise InputError(problem)
     return tuple(int(s) for s in image.shape[-model.spatial_dims :])
@@ -175,7 +225,7 @@ def _predict_config(args: argparse.Namespace) -> PredictConfig:
 def cmd_predict(args: argparse.Namespace) -> int:
     for option, value in (("--out", args.out), ("--probabilities", args.probabilities)):
         _check_output_path(value, option)
-        if value is not None and Path(value).resolve() == Path(args.image).resolve():
+        if value is not None and any(Path(value).resolve() == Path(f).resolve() for f in channel_files(args.image)):
             raise UsageError(f"{option} {value!r} is the input image; choose another file")
     if args.probabilities is not None and Path(args.probabilities).resolve() == Path(args.out).resolve():
         raise UsageError(f"--probabilities {args.probabilities!r} is the same file as --out")
@@ -190,26 +240,56 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)  # an unavailable GPU is bad input, not a crash inside torch
     model = SegmentationModel.load(args.model)
-    image, spacing = read_volume_with_spacing(args.image, lazy=True)
-    spatial = _spatial_shape(model, image)
+    image, spacing, file_channels = read_image(args.image, lazy=True, key=args.key)
+    spatial = _spatial_shape(model, image, file_channels)
     if spacing and model.spacing and len(spacing) == len(model.spacing) and not np.allclose(spacing, model.spacing, rtol=0.05):
         _say(args, f"warning: image spacing {spacing} differs from the model's training spacing {model.spacing}")
 
     if _cli_distributed.requested(args):  # --workers, --scheduler, --block-size, --resume
+        if file_channels:
+            raise UsageError("block-wise prediction reads one image file; write the channels into one (C, Z, Y, X) file first")
+        if _cli_next.requested(args):
+            raise UsageError("--instances and --uncertainty-out work without --workers/--scheduler/--block-size/--resume")
         return _cli_distributed.run(args, model, config, UsageError)
+    instances = _cli_next.check(args, model, spatial, UsageError, _check_output_path)
     lut = model.output_lut()
+    like = channel_files(args.image)[0]  # spacing / NIfTI affine of the (first) input file
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        labels_out = stack.enter_context(create_output(args.out, spatial, lut.dtype, like=args.image, spacing=spacing))
+        labels_out = stack.enter_context(create_output(args.out, spatial, lut.dtype, like=like, spacing=spacing))
         probabilities_out = None
         if args.probabilities:
             probabilities_out = stack.enter_context(
-                create_output(args.probabilities, (model.num_classes, *spatial), np.float32, like=args.image, spacing=spacing)
+                create_output(args.probabilities, (model.num_classes, *spatial), np.float32, like=like, spacing=spacing)
             )
-        run_prediction(PredictJob(model, image, config, labels_out=labels_out, probabilities_out=probabilities_out), args.quiet)
-    written = f" and {args.probabilities}" if args.probabilities else ""
+        extra = _cli_next.open_outputs(args, stack, spatial, spacing, instances)
+        result = run_prediction(
+            PredictJob(model, image, config, labels_out=labels_out, probabilities_out=probabilities_out, **extra), args.quiet
+        )
+        written = "".join(f", {path}" for path in _cli_next.report(args, result, spatial))
+    written += f" and {args.probabilities}" if args.probabilities else ""
     print(f"wrote {args.out}{written} ({_fmt_shape(spatial)}, {time.perf_counter() - start:.1f} s, "
           f"{device} {precision_name(device, config.mixed_precision)})")
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .bioimageio_export import export_model
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    image, _, _ = read_image(args.image, lazy=True, key=args.key)
+    summary = export_model(
+        args.model, args.out, image, name=args.name, authors=args.author or (), license=args.license,
+        run_test=False if args.no_test else None,
+    )
+    checked = "tested with bioimageio.core" if summary.status == "passed" else "validated with bioimageio.spec"
+    print(f"wrote {args.out} (bioimage.io model package, {checked}: {summary.status})")
     return 0
 
 
@@ -297,6 +377,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or not np.isfinite(value):
@@ -343,6 +430,13 @@ COMMANDS = {
         "Segment a volume with a trained model. The output holds 0 for background and "
         "the painted value of each class elsewhere.",
     ),
+    "export": (
+        "write a trained model as a bioimage.io model package (.zip)",
+        "Write a trained model as a bioimage.io model package: TorchScript weights (normalisation, "
+        "halo and U-Net inside), a test input cropped from --image and its output, a README. It is "
+        "validated with bioimageio.spec (and tested with bioimageio.core when installed); "
+        "'predict --model' and the widget load it back.",
+    ),
     "demo": (
         "train and predict on the generated sample; print Dice and times",
         "Generate the sample volume with 4 painted slices, train briefly, predict the whole "
@@ -359,24 +453,41 @@ def _command(commands: Any, name: str) -> argparse.ArgumentParser:
 def _add_train_command(commands: Any) -> None:
     train = _command(commands, "train")
     train.add_argument("--image", action="append", required=True, metavar="IMG",
-                       help="image volume (Z, Y, X) or (C, Z, Y, X); repeat for several, each with its --labels")
+                       help="image volume (Z, Y, X) or (C, Z, Y, X), or co-registered channel files A,B,... stacked "
+                       "in that order; repeat for several, each with its --labels")
     train.add_argument("--labels", action="append", required=True, metavar="ANNOT",
                        help="annotation of the same spatial shape as its --image")
+    train.add_argument("--key", metavar="NAME", help="the array to read from a .mat --image holding several")
+    train.add_argument("--labels-key", metavar="NAME", help="the array to read from a .mat --labels holding several")
     train.add_argument("--model", required=True, metavar="OUT.pt", help="where to save the trained model")
     train.add_argument("--resume", metavar="MODEL.pt", help="start from this model's weights (fine-tuning)")
     train.add_argument("--spacing", type=_positive_float, nargs="+", metavar="S",
                        help="voxel size Z Y X (default: from the image file's metadata, else isotropic)")
     train.add_argument("--class-names", nargs="+", metavar="NAME",
                        help="names of the annotation values in order, starting with background (value 1)")
+    train.add_argument("--channel-names", nargs="+", metavar="NAME",
+                       help="names of the image channels in order (default: the channel files' names)")
+    train.add_argument("--log-dir", metavar="DIR",
+                       help="write the training curves there: curves.csv and TensorBoard event files")
+    train.add_argument("--log-format", nargs="+", choices=("csv", "tensorboard"), metavar="FORMAT",
+                       help="csv and/or tensorboard (default: both when tensorboard is installed, else csv)")
     _add_training_options(train)
     _add_common(train, cmd_train)
+
+
+def _add_model_and_image(parser: argparse.ArgumentParser, image_help: str) -> None:
+    """--model, --image (read by :func:`read_image`: a file, a DICOM folder or channel files A,B,...) and --key."""
+    parser.add_argument("--model", required=True, metavar="MODEL.pt",
+                        help="a model saved by 'train' or the napari widget (or a bioimage.io .zip that 'export' wrote)")
+    parser.add_argument("--image", required=True, metavar="IMG", help=image_help)
+    parser.add_argument("--key", metavar="NAME", help="the array to read from a .mat --image holding several")
 
 
 def _add_predict_command(commands: Any) -> None:
     """The predict command; options that shape prediction go to :func:`_predict_config`."""
     pred = _command(commands, "predict")
-    pred.add_argument("--model", required=True, metavar="MODEL.pt", help="a model saved by 'train' or the napari widget")
-    pred.add_argument("--image", required=True, metavar="IMG", help="volume to segment")
+    _add_model_and_image(pred, "volume to segment (a file or a DICOM series folder), or its channel files A,B,... "
+                         "in the model's channel order")
     pred.add_argument("--out", required=True, metavar="OUT", help="labels output (.tif, .npy, .nii.gz, .zarr)")
     pred.add_argument("--probabilities", metavar="OUT", help="also write class probabilities (K, Z, Y, X) float32")
     pred.add_argument("--overlap", type=_fraction, default=0.25, metavar="F",
@@ -386,7 +497,20 @@ def _add_predict_command(commands: Any) -> None:
                       help="tile Z Y X (default: the tiling that computes the fewest voxels within the memory budget)")
     pred.add_argument("--batch-size", type=_positive_int, default=1, metavar="N", help="tiles per batch (default: 1)")
     _cli_distributed.add_options(pred, _positive_int)
+    _cli_next.add_options(pred, _non_negative_int)
     _add_common(pred, cmd_predict)
+
+
+def _add_export_command(commands: Any) -> None:
+    export = _command(commands, "export")
+    _add_model_and_image(export, "an image like the training images (e.g. one of them), or its channel files A,B,...; "
+                         "its centre is the test input")
+    export.add_argument("--out", required=True, metavar="OUT.zip", help="the package to write")
+    export.add_argument("--name", help="model name, at least 5 characters (default: OUT's file name)")
+    export.add_argument("--author", action="append", metavar="NAME", help="an author's name; repeat for several (default: your login name)")
+    export.add_argument("--license", default="CC-BY-4.0", metavar="SPDX", help="license of the weights, an SPDX id (default: CC-BY-4.0)")
+    export.add_argument("--no-test", action="store_true", help="skip bioimageio.core's test run even when it is installed")
+    _add_common(export, cmd_export)
 
 
 def _add_demo_command(commands: Any) -> None:
@@ -404,12 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Dense 3D segmentation from a few painted slices: train a 3D U-Net on sparse "
         "annotations and predict whole volumes.",
-        epilog=f"Volume formats: {', '.join(SUFFIXES)} (a .zarr folder). Annotations: 0 = not painted, "
+        epilog=f"Volume formats: {', '.join(SUFFIXES)} (a .zarr folder), a folder of DICOM slices. Annotations: 0 = not painted, "
         "1 = background, 2.. = classes. Run '%(prog)s COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add_command in (_add_train_command, _add_predict_command, _add_demo_command):
+    for add_command in (_add_train_command, _add_predict_command, _add_export_command, _add_demo_command):
         add_command(commands)
     return parser
 

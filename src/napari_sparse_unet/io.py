@@ -1,9 +1,13 @@
-"""Read and write volumes: TIFF, .npy, NIfTI (.nii, .nii.gz) and zarr (a ``*.zarr`` folder).
+"""Read and write volumes: TIFF, .npy, NIfTI (.nii, .nii.gz), zarr (a ``*.zarr`` folder),
+and read DICOM series (a folder of slices) and MATLAB ``.mat`` files.
 
 Arrays are in napari's axis order: (Z, Y, X) for a volume, (C, Z, Y, X) with channels,
-(Y, X) for an image.  NIfTI stores (X, Y, Z[, C]), so its axes are reversed on read and
-on write.  Spacing is a (Z, Y, X) tuple (or (Y, X)) of voxel sizes in the file's unit,
-``None`` where the file does not record one.
+(Y, X) for an image.  NIfTI and DICOM volumes come in radiological display axes (X to
+the patient's left, Y posterior, Z superior; see ``formats/``), and a NIfTI written with
+a source file's geometry goes back onto that file's voxel grid.  Spacing is a (Z, Y, X)
+tuple (or (Y, X)) of voxel sizes in the file's unit, ``None`` where the file does not
+record one.  The npe2 reader and writer (``_layers/files.py``) and the command line
+both read through this module.
 
 Every write is atomic: the data go to a temporary file or folder beside the target,
 which replaces the target only once it is complete, so a failure leaves the old file
@@ -20,29 +24,38 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core.errors import UserInputError
+from .core.errors import VolumeIOError
 from .core.files import atomic_file, temporary_path_beside
+
+if TYPE_CHECKING:
+    from .formats import Volume
 
 PathLike = str | os.PathLike
 
-SUFFIXES = (".tif", ".tiff", ".npy", ".nii", ".nii.gz", ".zarr")
+SUFFIXES = (".tif", ".tiff", ".npy", ".nii", ".nii.gz", ".zarr", ".mat")
+#: Formats that are read but never written.
+READ_ONLY = ("dicom", "matlab")
 
-
-class VolumeIOError(UserInputError):
-    """A volume file cannot be read or written; the message names the file and why."""
+#: Formats read with their geometry by :func:`read_volumes` (``formats/``).
+MEDICAL = ("nifti", "dicom", "matlab")
 
 
 def volume_format(path: PathLike) -> str:
-    """The format of ``path`` from its name: "tiff", "npy", "nifti" or "zarr".
+    """The format of ``path``: "tiff", "npy", "nifti", "zarr", "matlab" from its name, or
+    "dicom" for an existing folder that is not a ``.zarr``.
 
     Raises:
         VolumeIOError: for any other suffix.
     """
     name = Path(path).name.lower().rstrip("/")
+    if name.endswith(".mat"):
+        return "matlab"
+    if Path(path).is_dir() and not name.endswith(".zarr"):
+        return "dicom"
     if name.endswith((".tif", ".tiff")):
         return "tiff"
     if name.endswith(".npy"):
@@ -51,17 +64,15 @@ def volume_format(path: PathLike) -> str:
         return "nifti"
     if name.endswith(".zarr"):
         return "zarr"
-    raise VolumeIOError(f"unknown volume format of '{path}': use one of {', '.join(SUFFIXES)}")
+    raise VolumeIOError(
+        f"unknown volume format of '{path}': use one of {', '.join(SUFFIXES)} or a folder of DICOM slices"
+    )
 
 
 def _import_optional(module: str, fmt: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError as exc:
-        raise VolumeIOError(
-            f"reading or writing {fmt} files needs the '{module}' package: "
-            f'pip install "napari-sparse-unet[io]" (or pip install {module})'
-        ) from exc
+    from ._optional import import_optional
+
+    return import_optional(module, fmt, f'pip install "napari-sparse-unet[io]" (or pip install {module})')
 
 
 def _spacing_tuple(values: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
@@ -91,14 +102,27 @@ def read_volume(path: PathLike, *, lazy: bool = False) -> Any:
     return read_volume_with_spacing(path, lazy=lazy)[0]
 
 
-def read_volume_with_spacing(path: PathLike, *, lazy: bool = False) -> tuple[Any, tuple[float, ...] | None]:
+def read_volume_with_spacing(
+    path: PathLike, *, lazy: bool = False, key: str | None = None
+) -> tuple[Any, tuple[float, ...] | None]:
     """Like :func:`read_volume`, also returning the spatial voxel size (Z, Y, X) or ``None``.
 
-    Spacing comes from NIfTI zooms, ImageJ/TIFF resolution and ``spacing`` metadata,
-    or a zarr array's ``spacing`` attribute (or OME-Zarr scale).
+    Spacing comes from NIfTI's affine, DICOM's PixelSpacing and slice positions,
+    ImageJ/TIFF resolution and ``spacing`` metadata, a zarr array's ``spacing``
+    attribute (or OME-Zarr scale), or a ``.mat`` file's ``spacing`` variable.
+
+    Args:
+        key: the variable to read from a ``.mat`` file holding several 3-D arrays.
     """
     path = Path(path)
+    if not path.suffix and not path.exists():  # a DICOM folder that is not there
+        raise FileNotFoundError(f"no such file or folder: '{path}'")
     fmt = volume_format(path)
+    if key is not None and fmt != "matlab":
+        raise VolumeIOError(f"a key ({key!r}) names an array in a .mat file, but '{path}' is not one")
+    if fmt in MEDICAL:
+        volume = read_volumes(path, key=key)[0]
+        return volume.data, volume.spacing
     if not path.exists():
         raise FileNotFoundError(f"no such file: '{path}'")
     try:
@@ -107,13 +131,46 @@ def read_volume_with_spacing(path: PathLike, *, lazy: bool = False) -> tuple[Any
         if fmt == "npy":
             array = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
             return array, None
-        if fmt == "nifti":
-            return _read_nifti(path)
         return _read_zarr(path, lazy)
     except (VolumeIOError, MemoryError):
         raise
     except Exception as exc:  # decoders raise many types; report them as one, naming the file
         raise VolumeIOError(f"cannot read '{path}' as {fmt}: {exc}") from exc
+
+
+def read_volumes(path: PathLike, *, key: str | None = None, all_arrays: bool = False) -> list[Volume]:
+    """The volumes of a NIfTI file, a DICOM folder or a ``.mat`` file, with geometry and metadata.
+
+    Args:
+        key: for a ``.mat`` file, the variable to read.
+        all_arrays: for a ``.mat`` file, every 3-D array (the napari reader); otherwise
+            a file with several needs ``key``.
+
+    Returns:
+        One :class:`~napari_sparse_unet.formats.Volume` (several for ``all_arrays``).
+    """
+    path = Path(path)
+    fmt = volume_format(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: '{path}'")
+    try:
+        if fmt == "dicom":
+            from .formats.dicom import read_dicom_series
+
+            return [read_dicom_series(path)]
+        if fmt == "matlab":
+            from .formats import matlab
+
+            return matlab.read_mat_volumes(path) if all_arrays and key is None else [matlab.read_mat(path, key)]
+        if fmt == "nifti":
+            from .formats.nifti import read_nifti
+
+            return [read_nifti(path)]
+    except (VolumeIOError, MemoryError):
+        raise
+    except Exception as exc:  # decoders raise many types; report them as one, naming the file
+        raise VolumeIOError(f"cannot read '{path}' as {fmt}: {exc}") from exc
+    raise VolumeIOError(f"'{path}' is a {fmt} file; read it with read_volume_with_spacing")
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
@@ -155,17 +212,6 @@ def _tiff_spacing(tif: Any, page: Any, ndim: int) -> tuple[float, ...] | None:
     if yx is None:
         return None
     return yx if ndim == 2 else None
-
-
-def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    nib = _import_optional("nibabel", "NIfTI")
-    image = nib.load(str(path))
-    # Reverse every axis: (X, Y, Z[, T/C]) -> ([C, ]Z, Y, X).
-    array = np.asanyarray(image.dataobj).T
-    zooms = image.header.get_zooms()
-    spatial = min(3, len(image.shape))
-    spacing = _spacing_tuple(tuple(zooms[:spatial])[::-1], spatial)
-    return np.ascontiguousarray(array), spacing
 
 
 def _open_zarr_array(path: Path) -> tuple[Any, tuple[float, ...] | None]:
@@ -217,6 +263,8 @@ def _replace_dir(source: Path, target: Path) -> None:
 
 
 def _check_writable_target(path: Path) -> None:
+    if volume_format(path) in READ_ONLY:
+        raise VolumeIOError(f"cannot write '{path}': DICOM and .mat are read only; write .tif, .nii.gz, .npy or .zarr")
     if not path.parent.is_dir():
         raise VolumeIOError(f"cannot write '{path}': folder '{path.parent}' does not exist")
 
@@ -224,17 +272,27 @@ def _check_writable_target(path: Path) -> None:
 def _resolve_geometry(
     like: PathLike | None, spacing: Sequence[float] | None
 ) -> tuple[tuple[float, ...] | None, Any]:
-    """Spacing and NIfTI affine to write, taken from ``like`` where not given."""
+    """Spacing and NIfTI affine to write, taken from ``like`` where not given.
+
+    The affine is the RAS affine of ``like``'s stored voxel order (a NIfTI file's own, or
+    a DICOM series'), so a NIfTI output lands on ``like``'s voxel grid.
+    """
     affine = None
     if like is not None:
         like = Path(like)
-        if volume_format(like) == "nifti" and like.exists():
-            nib = _import_optional("nibabel", "NIfTI")
-            header = nib.load(str(like))
-            affine = header.affine
+        fmt = volume_format(like)
+        if fmt in ("nifti", "dicom") and like.exists():
+            from .formats.orientation import layer_spacing
+
+            if fmt == "nifti":
+                affine = _import_optional("nibabel", "NIfTI").load(str(like)).affine
+            else:
+                from .formats.dicom import dicom_affine
+
+                affine = dicom_affine(like)
             if spacing is None:
-                spacing = tuple(header.header.get_zooms()[:3])[::-1]
-        elif spacing is None and like.exists():
+                spacing = layer_spacing(affine)
+        elif spacing is None and like.exists() and fmt != "matlab":
             spacing = read_volume_with_spacing(like, lazy=True)[1]
     return (tuple(float(s) for s in spacing) if spacing is not None else None), affine
 
@@ -244,14 +302,18 @@ def write_volume(
     array: Any,
     like: PathLike | None = None,
     spacing: Sequence[float] | None = None,
+    affine: Any = None,
 ) -> Path:
     """Write ``array`` ((Z, Y, X), (C, Z, Y, X) or (Y, X)) to ``path`` atomically.
 
     Args:
         path: target; its suffix picks the format.
         array: numpy or array-like.
-        like: a file whose geometry to copy: a NIfTI's affine, or any file's spacing.
+        like: a file or DICOM folder whose geometry to copy: its affine (NIfTI output
+            lands on its voxel grid), or any file's spacing.
         spacing: voxel size of the last spatial axes, (Z, Y, X); overrides ``like``'s.
+        affine: a source's RAS affine of its stored voxel order (a layer's
+            ``metadata["affine"]``); overrides ``like``'s.
 
     Returns:
         ``path`` as a Path.
@@ -259,7 +321,12 @@ def write_volume(
     path = Path(path)
     fmt = volume_format(path)
     _check_writable_target(path)
-    spacing, affine = _resolve_geometry(like, spacing)
+    if affine is not None:
+        from .formats.orientation import layer_spacing
+
+        spacing = spacing if spacing is not None else layer_spacing(affine)
+    else:
+        spacing, affine = _resolve_geometry(like, spacing)
     if not hasattr(array, "dtype") or not hasattr(array, "shape"):
         array = np.asarray(array)
     if fmt == "zarr":
@@ -276,7 +343,9 @@ def write_volume(
             with open(temp, "wb") as f:
                 np.save(f, array, allow_pickle=False)
         else:
-            _write_nifti(temp, array, spacing, affine)
+            from .formats.nifti import write_nifti
+
+            write_nifti(temp, array, spacing, affine)
     return path
 
 
@@ -294,27 +363,6 @@ def _write_tiff(path: Path, array: np.ndarray, spacing: tuple[float, ...] | None
         metadata["spacing"] = list(spatial)
     # A shaped TIFF (tifffile's JSON description) keeps any dtype, shape and the spacing.
     tifffile.imwrite(path, array, metadata=metadata or {}, **kwargs)
-
-
-def _write_nifti(path: Path, array: np.ndarray, spacing: tuple[float, ...] | None, affine: Any) -> None:
-    nib = _import_optional("nibabel", "NIfTI")
-    if array.dtype == np.int64 or array.dtype == np.uint64:
-        # NIfTI readers widely reject 64-bit integers; labels and images fit in 32 bits.
-        array = array.astype(np.int32 if array.dtype == np.int64 else np.uint32)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    if affine is None:
-        affine = np.eye(4)
-        if spacing is not None:
-            xyz = tuple(spacing[-3:])[::-1]
-            affine[: len(xyz), : len(xyz)] = np.diag(xyz)
-    image = nib.Nifti1Image(np.asarray(array).T, affine)
-    if spacing is not None:
-        zooms = list(image.header.get_zooms())
-        xyz = tuple(spacing[-3:])[::-1]
-        zooms[: len(xyz)] = xyz
-        image.header.set_zooms(zooms)
-    nib.save(image, str(path))
 
 
 # --------------------------------------------------------------------------- streaming output

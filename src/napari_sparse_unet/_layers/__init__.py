@@ -22,7 +22,7 @@ from .annotations import (
     dirty_slices_of_paint,
     label_color_hex,
 )
-from .images import ImageSnapshot, LayerError, image_channel_axis, image_snapshot, spatial_shape_of
+from .images import ImageSnapshot, LayerError, channels_snapshot, image_channel_axis, image_snapshot, spatial_shape_of
 from .lists import (
     annotation_layers,
     fits_image,
@@ -36,14 +36,17 @@ from .lists import (
 )
 from .predictions import (
     PREDICTION_KEY,
+    annotation_if_fits,
     ensure_prediction_layer,
     find_prediction_layer,
     prediction_of,
     show_prediction,
+    show_instances,
     show_probabilities,
+    show_uncertainty,
     write_preview,
 )
-from .view import viewed_slice, visible_box
+from .view import go_to_slice, viewed_slice, visible_box
 
 __all__ = [
     "PREDICTION_KEY",
@@ -51,14 +54,17 @@ __all__ = [
     "ImageSnapshot",
     "LayerError",
     "add_annotation_layer",
+    "annotation_if_fits",
     "annotation_copy",
     "annotation_layers",
+    "channels_snapshot",
     "class_names_of",
     "copy_slice_to_annotation",
     "dirty_slices_of_paint",
     "ensure_prediction_layer",
     "find_prediction_layer",
     "fits_image",
+    "go_to_slice",
     "follow_layer_list",
     "guess_annotation",
     "image_channel_axis",
@@ -71,7 +77,9 @@ __all__ = [
     "preferred_image",
     "prediction_of",
     "show_prediction",
+    "show_instances",
     "show_probabilities",
+    "show_uncertainty",
     "spatial_shape_of",
     "viewed_slice",
     "visible_box",

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..core.annotation import AnnotationCounter, AnnotationStats
 from ..core.rules import annotation_shape_problem
+from .files import source_geometry
 from .images import ImageSnapshot, LayerError, image_channel_axis, spatial_shape_of, spatial_transform
 from .view import viewed_slice
 
@@ -45,7 +46,8 @@ def add_annotation_layer(viewer: napari.Viewer, image: Image, first_axis_is_chan
         raise LayerError(f"image layer '{image.name}' has shape {tuple(image.data.shape)}; cannot make an annotation for it")
     scale, translate = spatial_transform(image, axis)
     layer = viewer.add_labels(
-        np.zeros(shape, dtype=np.uint8), name="annotation", scale=scale, translate=translate
+        np.zeros(shape, dtype=np.uint8), name="annotation", scale=scale, translate=translate,
+        metadata=source_geometry(image.metadata),  # saved as NIfTI, it lands on the scan's voxel grid
     )
     layer.selected_label = 1
     viewer.layers.selection.active = layer

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..core.errors import UserInputError
+from ..core.rules import channels_problem
 
 if TYPE_CHECKING:  # napari only for type hints: importing this stays cheap
     from napari.layers import Image
@@ -24,6 +26,8 @@ class ImageSnapshot:
     ``data`` is (C, *spatial), a view of the layer data (no copy: napari's tools
     never edit image data in place, and copying a large volume would double its
     memory).  ``scale`` and ``translate`` are for the spatial axes only.
+    ``channel_names`` names each channel (the layers stacked as channels, or
+    the one single-channel layer); empty when the channels are axes of one layer.
     """
 
     data: Any
@@ -31,6 +35,7 @@ class ImageSnapshot:
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     channel_axis: int | None  # axis of the layer data holding channels, None if single channel
+    channel_names: tuple[str, ...] = ()
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -91,7 +96,36 @@ def image_snapshot(layer: Image, first_axis_is_channel: bool = False) -> ImageSn
     else:
         data_cf = np.moveaxis(np.asarray(data), axis, 0)
     scale, translate = spatial_transform(layer, axis)
-    return ImageSnapshot(data=data_cf, name=str(layer.name), scale=scale, translate=translate, channel_axis=axis)
+    names = (str(layer.name),) if axis is None else ()
+    return ImageSnapshot(data=data_cf, name=str(layer.name), scale=scale, translate=translate, channel_axis=axis,
+                         channel_names=names)
+
+
+def channels_snapshot(layers: Sequence[Image], first_axis_is_channel: bool = False) -> ImageSnapshot:
+    """Several single-channel image layers as the channels of one image, in the given order.
+
+    One layer is read as :func:`image_snapshot` reads it.  Several are stacked
+    (a copy) into (C, *spatial); they must have the same shape
+    (:func:`~..core.rules.channels_problem`); name, scale and translate are
+    the first layer's.
+
+    Raises:
+        LayerError: a multiscale layer, or layers that cannot be channels of one image.
+    """
+    if len(layers) == 1:
+        return image_snapshot(layers[0], first_axis_is_channel)
+    for layer in layers:
+        if getattr(layer, "multiscale", False) or getattr(layer, "rgb", False):
+            kind = "multiscale" if getattr(layer, "multiscale", False) else "RGB"
+            raise LayerError(f"image layer '{layer.name}' is {kind}; channels must be single-channel volumes")
+    names = [str(layer.name) for layer in layers]
+    problem = channels_problem(names, [layer.data.shape for layer in layers])
+    if problem:
+        raise LayerError(problem)
+    data = np.stack([np.asarray(layer.data) for layer in layers])
+    scale, translate = spatial_transform(layers[0], None)
+    return ImageSnapshot(data=data, name=names[0], scale=scale, translate=translate, channel_axis=None,
+                         channel_names=tuple(names))
 
 
 def spatial_transform(layer: Any, channel_axis: int | None) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -1,4 +1,5 @@
-"""Writing results: the prediction layer (made once per image, updated after), previews, probabilities."""
+"""Writing results: the prediction layer (made once per image, updated after), previews, probabilities,
+instances and uncertainty."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .files import source_geometry
 from .images import ImageSnapshot, spatial_shape_of
 
 if TYPE_CHECKING:  # napari only for type hints: importing this stays cheap
@@ -53,13 +55,23 @@ def show_prediction(
     """
     layer = find_prediction_layer(viewer, image.name, labels.shape)
     if layer is None:
-        layer = viewer.add_labels(labels, name=name, scale=image.scale, translate=image.translate, opacity=0.6)
+        layer = viewer.add_labels(
+            labels, name=name, scale=image.scale, translate=image.translate, opacity=0.6,
+            metadata=_geometry(viewer, image),
+        )
         layer.metadata[PREDICTION_KEY] = image.name
         layer.editable = True
     else:
         layer.data = labels
     _copy_colormap(layer, annotation)
     return layer
+
+
+def _geometry(viewer: napari.Viewer, image: ImageSnapshot) -> dict[str, Any]:
+    """Metadata that a result layer of ``image`` keeps from its source layer: the scan's
+    ``affine``, so the layer saved as NIfTI lands on the scan's voxel grid."""
+    source = viewer.layers[image.name] if image.name in viewer.layers else None
+    return source_geometry(source.metadata) if source is not None else {}
 
 
 def prediction_of(viewer: napari.Viewer, image: Image, first_axis_is_channel: bool = False) -> tuple[str, Labels | None]:
@@ -96,21 +108,44 @@ def show_probabilities(
 
     ``probabilities`` is (K, *spatial) float32; class 0 (background) is not shown.
     """
-    from napari.layers import Image
-
     layers = []
     for k in range(1, probabilities.shape[0]):
         label = class_names[k] if class_names and k < len(class_names) else f"class {class_values[k]}"
-        name = f"probability {label}"
-        existing = viewer.layers[name] if name in viewer.layers else None
-        if isinstance(existing, Image) and existing.data.shape == probabilities[k].shape:
-            existing.data = probabilities[k]
-            layers.append(existing)
-        else:
-            layers.append(
-                viewer.add_image(
-                    probabilities[k], name=name, scale=image.scale, translate=image.translate,
-                    colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", visible=False,
-                )
-            )
+        layers.append(_add_or_update(
+            viewer, "image", f"probability {label}", probabilities[k], image,
+            colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", visible=False,
+        ))
     return layers
+
+
+def _add_or_update(viewer: napari.Viewer, kind: str, name: str, data: np.ndarray, image: ImageSnapshot, **kwargs: Any) -> Any:
+    """The layer of ``kind`` ("labels"/"image") called ``name``, updated in place when its shape fits, else
+    added with the image's scale, translate and source geometry."""
+    from napari.layers import Image, Labels
+
+    existing = viewer.layers[name] if name in viewer.layers else None
+    if isinstance(existing, Labels if kind == "labels" else Image) and existing.data.shape == data.shape:
+        existing.data = data
+        return existing
+    add = viewer.add_labels if kind == "labels" else viewer.add_image
+    return add(data, name=name, scale=image.scale, translate=image.translate, metadata=_geometry(viewer, image), **kwargs)
+
+
+def show_instances(viewer: napari.Viewer, instances: np.ndarray, image: ImageSnapshot) -> Labels:
+    """Add or update the 'instances' Labels layer (*spatial int32, 0 = none) beside the prediction."""
+    return _add_or_update(viewer, "labels", f"instances {image.name}", instances, image, opacity=0.6)
+
+
+def show_uncertainty(viewer: napari.Viewer, uncertainty: np.ndarray, image: ImageSnapshot) -> Image:
+    """Add or update the 'uncertainty' image layer (*spatial uint8, 0 = sure .. 255 = unsure)."""
+    return _add_or_update(
+        viewer, "image", f"uncertainty {image.name}", uncertainty, image,
+        colormap="inferno", contrast_limits=(0, 255), blending="additive", opacity=0.7,
+    )
+
+
+def annotation_if_fits(annotation: Labels | None, spatial_shape: tuple[int, ...]) -> np.ndarray | None:
+    """The annotation layer's data (no copy) when it has ``spatial_shape``, else None (to skip painted slices)."""
+    if annotation is None or tuple(annotation.data.shape) != tuple(spatial_shape):
+        return None
+    return annotation.data

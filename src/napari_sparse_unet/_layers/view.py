@@ -56,3 +56,14 @@ def visible_box(viewer: napari.Viewer, layer: Any, channel_axis: int | None = No
         else:
             box.append((0, shape[a]))
     return tuple(box)
+
+
+def go_to_slice(viewer: napari.Viewer, layer: Any, axis: int, index: int) -> None:
+    """Move the viewer to slice ``index`` of ``layer``'s spatial ``axis`` (a layer with spatial axes only).
+
+    The layer's scale and translate give the world position; the other sliders stay.
+    """
+    layer_axis = int(axis)
+    dims_axis = viewer.dims.ndim - int(layer.ndim) + layer_axis
+    world = float(layer.translate[layer_axis]) + int(index) * float(layer.scale[layer_axis])
+    viewer.dims.set_point(dims_axis, world)

@@ -12,6 +12,7 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabe
 
 from .. import _layers
 from ..core.annotation import AnnotationStats
+from .channel_pickers import ChannelPickers
 from .notify import notify
 
 STATS_DELAY_MS = 300  # debounce: recount once the brush pauses, not on every stroke event
@@ -37,7 +38,15 @@ class DataPanel(QGroupBox):
             choices=lambda _: _layers.named_choices(_layers.image_layers(viewer)),
             tooltip="Image to train on or to predict: 3-D (Z, Y, X) or 2-D, single or multi-channel",
         )
-        form.addRow("Image", self.image_picker.native)
+        self.add_channel_button = QPushButton("+")
+        self.add_channel_button.setToolTip("Add another image layer as a channel of this image (e.g. T1c after FLAIR)")
+        self.add_channel_button.setFixedWidth(self.add_channel_button.sizeHint().height())
+        row = QHBoxLayout()
+        row.addWidget(self.image_picker.native, 1)
+        row.addWidget(self.add_channel_button)
+        form.addRow("Image", row)
+        self.channels = ChannelPickers(viewer)
+        form.addRow(self.channels)
         self.annotation_picker = ComboBox(
             choices=lambda _: _layers.named_choices(_layers.annotation_layers(viewer)), nullable=True,
             tooltip="Labels layer with painted slices: 1 = background, 2, 3, … = classes, 0 = not painted",
@@ -64,6 +73,8 @@ class DataPanel(QGroupBox):
         self.annotation_picker.changed.connect(self._on_annotation_changed)
         self.channel_first_check.toggled.connect(self._on_image_changed)
         self.new_annotation_button.clicked.connect(self.new_annotation)
+        self.add_channel_button.clicked.connect(self.add_channel)
+        self.channels.changed.connect(self._on_channels_changed)
         self._stop_following = _layers.follow_layer_list(viewer, self.refresh_layers)
         self.refresh_layers()
 
@@ -79,13 +90,38 @@ class DataPanel(QGroupBox):
         return layer if _layers.in_viewer(self.viewer, layer) else None
 
     @property
+    def channel_layers(self) -> list[Any]:
+        """The picked image layer and the extra channel layers after it, in order ([] without an image)."""
+        image = self.image_layer
+        return [] if image is None else [image, *self.channels.layers()]
+
+    @property
     def first_axis_is_channel(self) -> bool:
-        return self.channel_first_check.isChecked()
+        # With separate channel layers, each layer is one channel.
+        return self.channel_first_check.isChecked() and not self.channels.pickers
+
+    def add_channel(self) -> Any:
+        """Add a channel row picking the first image layer not picked yet (the top one if all are)."""
+        picked = self.channel_layers
+        images = _layers.image_layers(self.viewer)
+        layer = next((candidate for candidate in images if candidate not in picked), images[0] if images else None)
+        return self.channels.add(layer)
+
+    def preselect_channels(self, names: tuple[str, ...]) -> bool:
+        """Pick the image layers named ``names`` as the channels, in order, when all exist; returns whether it did."""
+        layers = [_layers.image_layer_named(self.viewer, name) for name in names]
+        if not layers or any(layer is None for layer in layers):
+            return False
+        self.image_picker.value = layers[0]
+        self.channels.set_layers(layers[1:])
+        return True
 
     def set_busy(self, busy: bool) -> None:
         """While a job runs, the layers it reads stay picked (New stays available)."""
-        for widget in (self.image_picker.native, self.annotation_picker.native, self.channel_first_check):
+        for widget in (self.image_picker.native, self.annotation_picker.native, self.add_channel_button):
             widget.setEnabled(not busy)
+        self.channel_first_check.setEnabled(not busy and not self.channels.pickers)
+        self.channels.set_enabled(not busy)
         self.new_annotation_button.setEnabled(self.image_layer is not None)
 
     def set_annotation_layer(self, layer: Any) -> None:
@@ -97,6 +133,7 @@ class DataPanel(QGroupBox):
         self._refreshing = True
         try:
             self.image_picker.reset_choices()
+            self.channels.reset_choices()
             self.annotation_picker.reset_choices()
             image = image if _layers.in_viewer(self.viewer, image) else _layers.preferred_image(self.viewer)
             if image is not None:
@@ -117,6 +154,10 @@ class DataPanel(QGroupBox):
             if guess is not None:
                 self.set_annotation_layer(guess)
         self._on_annotation_changed()
+
+    def _on_channels_changed(self) -> None:
+        self.channel_first_check.setEnabled(not self.channels.pickers)
+        self._on_image_changed()
 
     def _on_annotation_changed(self, *_: Any) -> None:
         if self._refreshing:

@@ -26,6 +26,10 @@ from .notify import notify
 from .training_panel import PRESET_LABELS
 
 MODEL_FILTER = "Sparse U-Net model (*.pt);;All files (*)"
+# A bioimage.io package written by 'napari-sparse-unet export' loads like a .pt file.
+OPEN_MODEL_FILTER = "Sparse U-Net model or bioimage.io package (*.pt *.zip);;All files (*)"
+PACKAGE_FILTER = "bioimage.io model package (*.zip)"
+NO_IMAGE_TO_EXPORT = "Pick an image layer: the package's test input is taken from it."
 
 
 
@@ -58,26 +62,37 @@ class PredictionPanel(QGroupBox):
 
 
 class ModelPanel(QGroupBox):
-    """Save and load the model (``loaded`` is emitted with a loaded model); a few lines describing it."""
+    """Save, load and export the model (``loaded`` is emitted with a loaded model); a few lines describing it.
+
+    ``image`` returns the selected image as (C, *spatial), or raises a
+    ``UserInputError``; an export takes its test input from it.
+    """
 
     loaded = Signal(object)
     status_changed = Signal(str)
+    export_finished = Signal()
 
-    def __init__(self, model: Callable[[], Any], parent: Any = None) -> None:
+    def __init__(self, model: Callable[[], Any], image: Callable[[], Any] | None = None, parent: Any = None) -> None:
         super().__init__("Model", parent)
         self.model = model  # the widget's current model, or None
+        self.image = image
+        self.export_worker: Any = None
         form = QFormLayout(self)
         row = QHBoxLayout()
         self.save_button = QPushButton("Save…")
         self.load_button = QPushButton("Load…")
+        self.export_button = QPushButton("Export to bioimage.io…")
+        self.export_button.setToolTip("Write a bioimage.io model package (.zip); its test input is the centre of the selected image")
         row.addWidget(self.save_button)
         row.addWidget(self.load_button)
+        row.addWidget(self.export_button)
         form.addRow(row)
         self.model_label = QLabel("No model yet: paint, then Train, or Load a model.")
         self.model_label.setWordWrap(True)
         form.addRow(self.model_label)
         self.save_button.clicked.connect(self.save_model)
         self.load_button.clicked.connect(self.load_model)
+        self.export_button.clicked.connect(self.export_model)
 
     def ask_save_path(self) -> str:
         """File dialog for saving; tests replace it."""
@@ -85,7 +100,50 @@ class ModelPanel(QGroupBox):
 
     def ask_open_path(self) -> str:
         """File dialog for loading; tests replace it."""
-        return QFileDialog.getOpenFileName(self, "Load Sparse U-Net model", "", MODEL_FILTER)[0]
+        return QFileDialog.getOpenFileName(self, "Load Sparse U-Net model", "", OPEN_MODEL_FILTER)[0]
+
+    def ask_export_path(self) -> str:
+        """File dialog for the bioimage.io package; tests replace it."""
+        return QFileDialog.getSaveFileName(self, "Export to bioimage.io", "model.zip", PACKAGE_FILTER)[0]
+
+    def export_model(self) -> bool:
+        """Export in a background thread (tracing and validating take seconds); False when refused."""
+        model = self.model()
+        try:
+            if model is None:
+                raise UserInputError("There is no model to export yet.")
+            if self.image is None:
+                raise UserInputError(NO_IMAGE_TO_EXPORT)
+            image = self.image()
+        except UserInputError as error:
+            notify("error", str(error))
+            return False
+        path = self.ask_export_path()
+        if not path:
+            return False
+        from napari.qt.threading import create_worker
+
+        self.export_button.setEnabled(False)
+        self.status_changed.emit(f"Exporting to {path}…")
+        self.export_worker = create_worker(
+            _export_package, model.copy(), path, image,
+            _connect={"returned": self._on_exported, "errored": self._on_export_failed, "finished": self._on_export_finished},
+        )
+        return True
+
+    def _on_exported(self, message: str) -> None:
+        self.status_changed.emit(message)
+
+    def _on_export_failed(self, error: BaseException) -> None:
+        if isinstance(error, UserInputError):
+            notify("error", str(error))
+        else:
+            notify("error", f"Export failed ({type(error).__name__}): {error}")
+        self.status_changed.emit("Export failed; nothing was written.")
+
+    def _on_export_finished(self) -> None:
+        self.export_worker = None
+        self.export_finished.emit()
 
     def save_model(self) -> str | None:
         model = self.model()
@@ -173,3 +231,12 @@ class ProgressPanel(QWidget):
     def prediction_step(self, event: Any) -> None:
         self.progress_bar.setValue(int(1000 * event.tiles_done / max(int(event.tiles_total), 1)))
         self.loss_label.setText(f"tile {event.tiles_done}/{event.tiles_total} · {event.elapsed:.0f} s")
+
+
+def _export_package(model: Any, path: str, image: Any) -> str:
+    """Worker thread: write and validate the package; returns the status line."""
+    from ..bioimageio_export import export_model
+
+    summary = export_model(model, path, image)
+    checked = "tested with bioimageio.core" if summary.status == "passed" else "validated with bioimageio.spec"
+    return f"Exported to {path} ({checked}: {summary.status})."

@@ -20,10 +20,12 @@ from .. import _layers
 from ..core.annotation import AnnotationStats
 from ..core.errors import UserInputError
 from ..core.jobs import PredictJob, PredictResult, Preview, TrainJob
-from ..core.rules import finetune_problem, model_image_problem
+from ..core.rules import check_instance_class, finetune_problem, model_channels_problem, model_image_problem
+from .curves_plot import CurvesPlot
 from .data_panel import DataPanel
+from .next_panel import InstancesPanel, NextSlicePanel
 from .notify import notify
-from .panels import ModelPanel, PredictionPanel, ProgressPanel
+from .panels import NO_IMAGE_TO_EXPORT, ModelPanel, PredictionPanel, ProgressPanel
 from .runner import JobRunner
 from .training_panel import TrainingPanel
 from .view import ViewFollower
@@ -44,15 +46,21 @@ class SparseUNetWidget(QWidget):
         self.devices: tuple[str, ...] | None = None  # known once torch has been imported in the background
         self._job_image: _layers.ImageSnapshot | None = None  # the image the running job reads
         self._job_annotation: Any = None
+        self._uncertainty_layer: Any = None  # the layer the ranked slices refer to
         self._shut_down = False
 
         self.data = DataPanel(napari_viewer)
         self.training = TrainingPanel()
         self.prediction = PredictionPanel()
-        self.model_panel = ModelPanel(lambda: self.model)
+        self.instances = InstancesPanel()
+        self.next_slice = NextSlicePanel()
+        self.model_panel = ModelPanel(lambda: self.model, self._selected_image)
         self.progress = ProgressPanel()
+        self.curves = CurvesPlot()
         layout = QVBoxLayout(self)
-        for panel in (self.data, self.training, self.prediction, self.model_panel, self.progress):
+        panels = (self.data, self.training, self.prediction, self.instances, self.next_slice,
+                  self.model_panel, self.progress, self.curves)
+        for panel in panels:
             layout.addWidget(panel)
         layout.addStretch(1)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
@@ -66,8 +74,10 @@ class SparseUNetWidget(QWidget):
         self.training.stop_button.clicked.connect(self.runner.stop)
         self.prediction.predict_button.clicked.connect(self.predict)
         self.prediction.copy_button.clicked.connect(self.copy_slice)
+        self.next_slice.slice_chosen.connect(self.go_to_slice)
         self.model_panel.loaded.connect(self._on_loaded)
         self.model_panel.status_changed.connect(self.progress.status_label.setText)
+        self.model_panel.export_finished.connect(self._update_buttons)
         self._update_buttons()
         self._detect_devices()
 
@@ -87,6 +97,12 @@ class SparseUNetWidget(QWidget):
     def update_stats(self) -> AnnotationStats | None:
         return self.data.update_stats()
 
+    def _selected_image(self) -> Any:
+        """The selected image layer's data, (C, *spatial); raises UserInputError when there is none."""
+        if self.image_layer is None:
+            raise UserInputError(NO_IMAGE_TO_EXPORT)
+        return _layers.channels_snapshot(self.data.channel_layers, self.data.first_axis_is_channel).data
+
     def _followed_image(self) -> tuple[Any, bool] | None:
         job_image = self._job_image
         layer = _layers.image_layer_named(self.viewer, job_image.name) if job_image is not None else self.image_layer
@@ -104,6 +120,8 @@ class SparseUNetWidget(QWidget):
         self.prediction.copy_button.setEnabled(not busy and image and annotation)
         self.model_panel.save_button.setEnabled(not busy and self.model is not None)
         self.model_panel.load_button.setEnabled(not busy)
+        exporting = self.model_panel.export_worker is not None
+        self.model_panel.export_button.setEnabled(not busy and not exporting and image and self.model is not None)
         self.data.set_busy(busy)
 
     def _set_model(self, model: Any) -> None:
@@ -111,6 +129,8 @@ class SparseUNetWidget(QWidget):
         self.data.has_model = model is not None
         self.data.model_names = dict(zip(model.class_values, model.class_names)) if model is not None else {}
         self.model_panel.show_model(model)
+        if model is not None:
+            self.instances.set_classes(model.class_values, model.class_names)
         self._update_buttons()
 
     def _detect_devices(self) -> None:
@@ -135,7 +155,7 @@ class SparseUNetWidget(QWidget):
             notify("error", "Pick an image layer and an annotation layer to train.")
             return False
         try:
-            image = _layers.image_snapshot(image_layer, self.data.first_axis_is_channel)
+            image = _layers.channels_snapshot(self.data.channel_layers, self.data.first_axis_is_channel)
             annotation = _layers.annotation_copy(annotation_layer, image)
             config = self.training.train_config(image.spatial_dims)
             stats = self.data.update_stats()
@@ -157,8 +177,9 @@ class SparseUNetWidget(QWidget):
         job = TrainJob(
             [image.data], [annotation], config, spacing=image.scale, initial=initial,
             class_names=_layers.class_names_of(annotation_layer, stats.class_values if stats else ()),
-            view=self.view.viewed, preview_interval=preview,
+            view=self.view.viewed, preview_interval=preview, channel_names=image.channel_names or None,
         )
+        self.curves.follow(job.curves)
         what = "Fine-tuning the current model" if initial is not None else "Training a new model"
         self._start(job, image, annotation_layer, f"{what} on '{image.name}' with '{annotation_layer.name}'…",
                     yielded=self._on_train_yielded, returned=self._on_train_returned)
@@ -216,15 +237,27 @@ class SparseUNetWidget(QWidget):
                 raise UserInputError("Train or load a model before predicting.")
             if image_layer is None:
                 raise UserInputError("Pick an image layer to predict.")
-            image = _layers.image_snapshot(image_layer, self.data.first_axis_is_channel)
+            layers = self.data.channel_layers
+            problem = model_channels_problem(self.model.channel_names, [layer.name for layer in layers]) if len(layers) > 1 else None
+            if problem:
+                raise UserInputError(f"Cannot predict: {problem}.")
+            image = _layers.channels_snapshot(layers, self.data.first_axis_is_channel)
             config = self.predict_config()
             problem = model_image_problem(image.data.shape, self.model.spatial_dims, self.model.in_channels)
+            if problem and self.model.in_channels > 1:
+                problem += f"; pick the layers of its channels in order ({', '.join(self.model.channel_names)}) with + beside Image"
             if problem:
                 raise UserInputError(f"'{image.name}': {problem}")
+            instances = self.instances.settings()
+            if instances is not None:
+                check_instance_class(instances.class_value, self.model.class_values)
         except UserInputError as error:
             notify("error", str(error))
             return False
-        job = PredictJob(self.model, image.data, config, probabilities=self.prediction.probabilities_check.isChecked())
+        job = PredictJob(
+            self.model, image.data, config, probabilities=self.prediction.probabilities_check.isChecked(),
+            uncertainty=self.next_slice.measure(), instances=instances, spacing=image.scale,
+        )
         self._start(job, image, self.annotation_layer, f"Predicting '{image.name}'…",
                     yielded=self.progress.prediction_step, returned=self._on_predict_returned)
         return True
@@ -237,8 +270,31 @@ class SparseUNetWidget(QWidget):
         layer = _layers.show_prediction(self.viewer, result.labels, image, self._job_annotation)
         if result.probabilities is not None and self.model is not None:
             _layers.show_probabilities(self.viewer, result.probabilities, image, self.model.class_values, self.model.class_names)
+        found = ""
+        if result.instances is not None:
+            shown = _layers.show_instances(self.viewer, result.instances, image)
+            found = f", {int(result.instances.max(initial=0))} instances into '{shown.name}'"
+        if result.uncertainty is not None:
+            self._show_uncertainty(result.uncertainty, image)
         self.progress.progress_bar.setValue(1000)
-        self.progress.status_label.setText(f"Predicted '{image.name}' in {result.seconds:.1f} s into '{layer.name}'.")
+        self.progress.status_label.setText(f"Predicted '{image.name}' in {result.seconds:.1f} s into '{layer.name}'{found}.")
+
+    def _show_uncertainty(self, uncertainty: Any, image: _layers.ImageSnapshot) -> None:
+        """The uncertainty layer and the ranking of unpainted slices along the axis the user scrolls."""
+        from ..core.uncertainty import rank_slices
+
+        self._uncertainty_layer = _layers.show_uncertainty(self.viewer, uncertainty, image)
+        view = _layers.viewed_slice(self.viewer, self._uncertainty_layer)
+        axis = view[0] if view is not None else 0
+        painted = _layers.annotation_if_fits(self._job_annotation, uncertainty.shape)
+        self.next_slice.show_ranking(rank_slices(uncertainty, axis, painted=painted), uncertainty.ndim)
+
+    def go_to_slice(self, axis: int, index: int) -> None:
+        """Show slice ``index`` of spatial ``axis`` (a ranked slice) in the viewer."""
+        layer = self._uncertainty_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        _layers.go_to_slice(self.viewer, layer, axis, index)
 
     # ------------------------------------------------------------------- jobs
     def _start(self, job: Any, image: _layers.ImageSnapshot, annotation: Any, status: str, *, yielded: Any, returned: Any) -> None:
@@ -264,12 +320,17 @@ class SparseUNetWidget(QWidget):
 
     def _on_busy_changed(self, busy: bool) -> None:
         if not busy:
+            self.curves.stop()
             self._job_image = self._job_annotation = None
             self.view.update()
         self._update_buttons()
 
     def _on_loaded(self, model: Any) -> None:
         self._set_model(model)
+        self.curves.show_curves(model.curves)
+        if model.in_channels > 1 and not self.data.preselect_channels(model.channel_names):
+            notify("info", f"The model needs {model.in_channels} channels ({', '.join(model.channel_names)}): "
+                           "pick their image layers in this order, with + beside Image.")
         self.data.update_stats()
 
     # ------------------------------------------------------------------- copy

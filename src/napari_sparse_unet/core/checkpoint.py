@@ -1,14 +1,18 @@
 """A trained model and its one-file checkpoint.
 
 The file holds weights, settings, normalisation, class values and names,
-spacing and the package version.  It is read with ``weights_only=True``, so
+channel names, spacing, the training curves and the package version.  Files
+written before channel names and curves existed load with generic channel
+names ("channel 1", ...) and no curves.  It is read with ``weights_only=True``, so
 loading a file never runs pickled code.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,14 @@ from .model import build_model
 
 FORMAT = "napari-sparse-unet"
 FORMAT_VERSION = 1
+# This plugin's checkpoint inside a bioimage.io package it exported (see bioimageio_export).
+PACKAGE_CHECKPOINT = "napari_sparse_unet_model.pt"
+_PACKAGE_DESCRIPTIONS = ("rdf.yaml", "bioimageio.yaml")
+
+
+def generic_channel_names(count: int) -> tuple[str, ...]:
+    """"channel 1", "channel 2", ...: the names of channels nobody named."""
+    return tuple(f"channel {i + 1}" for i in range(count))
 
 
 def _package_version() -> str:
@@ -41,6 +53,9 @@ class SegmentationModel:
         class_values: annotation value of each network class; ``class_values[0] == 1`` (background).
         spacing: voxel spacing the model was trained at, in array order, if known.
         patch_size: spatial training patch.
+        channel_names: name of each input channel, in order (the image layers or
+            files it was trained on); generic names when unknown.
+        curves: training curves, :meth:`.curves.TrainingCurves.to_dict` columns ({} when none).
     """
 
     network: torch.nn.Module
@@ -53,6 +68,12 @@ class SegmentationModel:
     patch_size: tuple[int, ...] = ()
     version: str = field(default_factory=_package_version)
     history: dict[str, Any] = field(default_factory=dict)
+    channel_names: tuple[str, ...] = ()
+    curves: dict[str, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.channel_names) != self.model_config.in_channels:
+            self.channel_names = generic_channel_names(self.model_config.in_channels)
 
     @property
     def spatial_dims(self) -> int:
@@ -81,7 +102,7 @@ class SegmentationModel:
         cfg, tc = self.model_config, self.train_config
         lines = [
             f"classes {classes}",
-            f"{cfg.spatial_dims}-D U-Net, {cfg.in_channels} input channel(s), depth {cfg.depth}, "
+            f"{cfg.spatial_dims}-D U-Net, {cfg.in_channels} input channel(s) ({', '.join(self.channel_names)}), depth {cfg.depth}, "
             f"base width {cfg.base_channels}, {cfg.norm} norm",
             f"patch {'×'.join(map(str, self.patch_size))}, spacing {self.spacing or 'isotropic'}",
         ]
@@ -105,6 +126,8 @@ class SegmentationModel:
             "spacing": None if self.spacing is None else [float(s) for s in self.spacing],
             "patch_size": [int(p) for p in self.patch_size],
             "history": dict(self.history),
+            "channel_names": list(self.channel_names),
+            "curves": {name: [float(v) for v in values] for name, values in self.curves.items()},
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -138,21 +161,44 @@ class SegmentationModel:
                 patch_size=tuple(int(p) for p in payload.get("patch_size", ())),
                 version=str(payload.get("version", "unknown")),
                 history=dict(payload.get("history", {})),
+                channel_names=tuple(str(n) for n in payload.get("channel_names", ())),
+                curves={str(k): [float(v) for v in values] for k, values in dict(payload.get("curves", {})).items()},
             )
         except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as error:
             raise CheckpointError(f"{source} is damaged or incomplete: {error}") from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "SegmentationModel":
-        """Read a checkpoint; raises :class:`CheckpointError` with a clear message."""
+        """Read a checkpoint, or a bioimage.io package this plugin exported; raises :class:`CheckpointError` with a clear message."""
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"model file {str(path)!r} does not exist")
+        source: Any = _packaged_checkpoint(path) or path
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(source, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many kinds for a corrupt or foreign file
             raise CheckpointError(f"model file {str(path)!r} cannot be read ({type(error).__name__}); it is corrupt or not a model file") from None
         return cls.from_payload(payload, source=f"model file {str(path)!r}")
+
+
+def _packaged_checkpoint(path: Path) -> io.BytesIO | None:
+    """The checkpoint attached to a bioimage.io package (a zip holding rdf.yaml); None for other files.
+
+    A torch checkpoint is a zip too, but never holds a bioimage.io description.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if not names.intersection(_PACKAGE_DESCRIPTIONS):
+                return None
+            if PACKAGE_CHECKPOINT not in names:
+                raise CheckpointError(
+                    f"model file {str(path)!r} is a bioimage.io package not exported by napari-sparse-unet "
+                    f"(it holds no {PACKAGE_CHECKPOINT}); run it with a bioimage.io consumer such as bioimageio.core"
+                )
+            return io.BytesIO(archive.read(PACKAGE_CHECKPOINT))
+    except (zipfile.BadZipFile, OSError):
+        return None
 
 
 def load_network(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, Normalization]:

@@ -26,3 +26,16 @@ class ConfigError(UserInputError):
 
 class CheckpointError(UserInputError):
     """A model file is missing, corrupt or not one of ours; the message says which."""
+
+
+class VolumeIOError(UserInputError):
+    """A volume file or folder cannot be read or written; the message names it and says why."""
+
+
+class DependencyError(UserInputError):
+    """An optional package a feature needs is not installed; the message says how to install it."""
+
+
+def missing_package(purpose: str, package: str, install: str) -> str:
+    """The one message for an optional package that a feature needs and that is not installed."""
+    return f"{purpose} needs the '{package}' package, which is not installed: {install}"

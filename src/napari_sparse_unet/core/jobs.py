@@ -12,6 +12,8 @@ Axis order: images are (C, *spatial) or as the engine accepts them; labels (*spa
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
@@ -20,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .curves import TrainingCurves
 from .generators import drive, run_to_end
 from .rules import as_channel_first
 
 if TYPE_CHECKING:
     from .checkpoint import SegmentationModel
     from .config import PredictConfig, TrainConfig
+    from .instances import InstanceConfig
     from .train import Trainer
 
 
@@ -44,6 +48,8 @@ class PredictResult:
     labels: Any  # (*spatial), painted values, background 0
     probabilities: Any  # (K, *spatial) float32, or None
     seconds: float
+    uncertainty: Any = None  # (*spatial) uint8, 0 = sure .. 255 = unsure, or None
+    instances: Any = None  # (*spatial) int32, 0 = none, 1..N = objects, or None
 
 
 Box = tuple[tuple[int, int], ...]  # per spatial axis (start, stop), in voxels
@@ -158,6 +164,13 @@ class TrainJob(Job):
         view: where the user looks, for previews.
         preview_interval: seconds between previews (0: none).  Slow previews
             are spaced out to at most a quarter of the time.
+        channel_names: names of the image channels (layers or files), saved
+            in the model; by default a fine-tuned model keeps its own, a new
+            one gets generic names.
+
+    ``curves`` receives a row per step while the job runs (other threads may
+    read it); fine-tuning continues the initial model's curve.  Models the job
+    returns carry the curve and the channel names.
     """
 
     def __init__(
@@ -171,6 +184,7 @@ class TrainJob(Job):
         class_names: Sequence[str] | None = None,
         view: ViewedSlice | None = None,
         preview_interval: float = 0.0,
+        channel_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.images = list(images)
@@ -182,6 +196,10 @@ class TrainJob(Job):
         self.view = view or ViewedSlice()
         self.preview_interval = preview_interval
         self.trainer: Trainer | None = None
+        if channel_names is None and initial is not None:
+            channel_names = initial.channel_names
+        self.channel_names = tuple(channel_names or ())
+        self.curves = TrainingCurves.from_dict(initial.curves if initial is not None else None)
         self._next_preview = 0.0
         self._interval = preview_interval
 
@@ -199,14 +217,31 @@ class TrainJob(Job):
     @property
     def best_model(self) -> SegmentationModel | None:
         """The best model so far (also after a stop or a failure), or None before the first step."""
-        return None if self.trainer is None else self.trainer.best_model
+        return self._finished(None if self.trainer is None else self.trainer.best_model)
+
+    def _finished(self, model: SegmentationModel | None) -> SegmentationModel | None:
+        """``model`` with this job's curve and channel names (a new object sharing the network)."""
+        if model is None:
+            return None
+        return dataclasses.replace(model, channel_names=self.channel_names, curves=self.curves.to_dict())
 
     def _work(self) -> Generator[Any, None, SegmentationModel | None]:
         trainer = self.prepare()
         self._next_preview = time.perf_counter() + self.preview_interval
         after = self._previews if self.preview_interval > 0 else None
-        result = yield from drive(trainer.run(), lambda: self.stopped, after)
-        return result if result is not None else trainer.best_model
+        result = yield from drive(self._recorded(trainer.run()), lambda: self.stopped, after)
+        return self._finished(result) if result is not None else self.best_model
+
+    def _recorded(self, events: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
+        """Re-yield the trainer's events, adding each to ``curves`` (closing this closes ``events``)."""
+        with contextlib.closing(events):
+            while True:
+                try:
+                    event = next(events)
+                except StopIteration as finished:
+                    return finished.value
+                self.curves.add(event)
+                yield event
 
     def _previews(self, event: Any) -> Iterator[Preview]:
         if time.perf_counter() < self._next_preview or self.stopped:
@@ -252,6 +287,11 @@ class PredictJob(Job):
         labels_out, probabilities_out: where to write (numpy, zarr...); labels are
             allocated when None.
         probabilities: allocate probabilities in memory when ``probabilities_out`` is None.
+        uncertainty: ``"entropy"`` or ``"margin"`` to compute a uint8 uncertainty
+            slab by slab (into ``uncertainty_out``, or allocated); None: none.
+        instances: make instances of one class after the prediction (into
+            ``instances_out``, int32, or allocated); ``spacing`` steers the
+            distance landscape (default: the model's training spacing).
     """
 
     def __init__(
@@ -263,6 +303,11 @@ class PredictJob(Job):
         labels_out: Any = None,
         probabilities_out: Any = None,
         probabilities: bool = False,
+        uncertainty: str | None = None,
+        uncertainty_out: Any = None,
+        instances: InstanceConfig | None = None,
+        instances_out: Any = None,
+        spacing: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -271,17 +316,45 @@ class PredictJob(Job):
         self.labels_out = labels_out
         self.probabilities_out = probabilities_out
         self.probabilities = probabilities
+        self.uncertainty = uncertainty
+        self.uncertainty_out = uncertainty_out
+        self.instances = instances
+        self.instances_out = instances_out
+        self.spacing = spacing
 
     def _work(self) -> Generator[Any, None, PredictResult | None]:
+        from .instances import ClassProbabilityWriter, segment_instances
         from .predict import predict_iter
+        from .rules import check_instance_class
+        from .uncertainty import UncertaintyWriter
 
         start = time.perf_counter()
+        spatial = tuple(int(s) for s in self.image.shape[-self.model.spatial_dims :])  # predict_iter checks the image
         probabilities = self.probabilities_out
         if probabilities is None and self.probabilities:
-            spatial = tuple(self.image.shape[-self.model.spatial_dims :])  # predict_iter checks the image
             probabilities = np.zeros((self.model.num_classes, *spatial), dtype=np.float32)
-        tiles = predict_iter(self.model, self.image, self.config, self.labels_out, probabilities)
+        hooks: list[Any] = []
+        if self.uncertainty is not None:
+            hooks.append(UncertaintyWriter(spatial, self.uncertainty, self.uncertainty_out))
+        keeper = None
+        if self.instances is not None:  # a class the model lacks is refused before any tile runs
+            index = check_instance_class(self.instances.class_value, self.model.class_values)
+            if self.instances.needs_probability:
+                keeper = ClassProbabilityWriter(spatial, index)
+                hooks.append(keeper)
+        tiles = predict_iter(self.model, self.image, self.config, self.labels_out, probabilities, slab_hooks=hooks)
         labels = yield from drive(tiles, lambda: self.stopped)
         if labels is None:
             return None
-        return PredictResult(labels, probabilities, time.perf_counter() - start)
+        instances = None
+        if self.instances is not None:
+            spacing = self.spacing if self.spacing is not None else self.model.spacing
+            found = segment_instances(labels, self.instances, probability=None if keeper is None else keeper.out, spacing=spacing)
+            del keeper
+            if self.instances_out is not None:
+                self.instances_out[...] = found
+                instances = self.instances_out
+            else:
+                instances = found
+        uncertainty = hooks[0].out if self.uncertainty is not None else None
+        return PredictResult(labels, probabilities, time.perf_counter() - start, uncertainty, instances)

@@ -35,6 +35,13 @@ from .device import autocast, autocast_dtype, preferred_memory_format, resolve_d
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 """(N, C, *tile) float32 -> (N, K, *tile) class probabilities (what gets blended)."""
 
+SlabHook = Callable[[slice, np.ndarray], None]
+"""Called per finished slab with (rows of axis 0, (K, n, ...) float32 blended probabilities).
+
+The array is the stitcher's buffer, valid only during the call: hooks keep
+what they need (an uncertainty, one class's probability), not the array.
+"""
+
 # Peak activation memory of the U-Net per tile voxel and per base channel
 # (float32, inference mode).  Measured as peak RSS on CPU for the 3-D net with
 # base 16: 845-885 B/voxel on 2-4 M voxel tiles; smaller tiles add a fixed
@@ -234,6 +241,7 @@ def sliding_window_predict(
     batch_size: int = 1,
     device: str | torch.device = "cpu",
     halo: Sequence[int] | None = None,
+    slab_hooks: Sequence[SlabHook] = (),
 ) -> Generator[PredictEvent, None, None]:
     """Predict ``image_cf`` tile by tile and write the blended result slab by slab.
 
@@ -259,6 +267,7 @@ def sliding_window_predict(
         halo: input voxels read beyond each tile side, per axis (the network's
             :attr:`~.model.UNet.input_halo`); the predictor maps (N, C, *(tile + 2·halo))
             to (N, K, *tile).
+        slab_hooks: :data:`SlabHook` callables given each finished slab's probabilities.
     """
     spatial = tuple(int(s) for s in image_cf.shape[1:])
     tile = tuple(int(t) for t in tile_size)
@@ -293,22 +302,34 @@ def sliding_window_predict(
             extent = tuple(min(t, s - a) for t, s, a in zip(tile, spatial, start))
             stitcher.add(start, values[(slice(None),) + tuple(slice(0, e) for e in extent)])
             while (finished := stitcher.pop_finished()) is not None:
-                _write_slab(*finished, lut=lut, labels_out=labels_out, probabilities_out=probabilities_out)
+                _write_slab(
+                    *finished, lut=lut, labels_out=labels_out, probabilities_out=probabilities_out, hooks=slab_hooks
+                )
         del output
         done += len(starts)
         yield PredictEvent(tiles_done=done, tiles_total=len(grid), elapsed=time.perf_counter() - started)
 
 
 def _write_slab(
-    row0: int, weighted_sum: np.ndarray, weight: np.ndarray, *, lut: np.ndarray, labels_out: Any, probabilities_out: Any
+    row0: int,
+    weighted_sum: np.ndarray,
+    weight: np.ndarray,
+    *,
+    lut: np.ndarray,
+    labels_out: Any,
+    probabilities_out: Any,
+    hooks: Sequence[SlabHook] = (),
 ) -> None:
-    """Finish rows ``row0 .. row0 + n``: labels (and probabilities) into the outputs."""
+    """Finish rows ``row0 .. row0 + n``: labels (and probabilities) into the outputs, probabilities to the hooks."""
     n = weight.shape[0]
     rows = slice(row0, row0 + n)
-    if probabilities_out is not None:
+    if probabilities_out is not None or hooks:
         # The buffer rows are dropped after this, so normalise them in place.
         SlabStitcher.normalized(weighted_sum, weight, out=weighted_sum)
+    if probabilities_out is not None:
         probabilities_out[(slice(None), rows)] = weighted_sum
+    for hook in hooks:
+        hook(rows, weighted_sum)
     if labels_out is None:
         return
     # Weights are equal across classes, so the argmax of the weighted sums is
@@ -356,6 +377,7 @@ def predict_iter(
     config: PredictConfig = PredictConfig(),
     labels_out: Any = None,
     probabilities_out: Any = None,
+    slab_hooks: Sequence[SlabHook] = (),
 ) -> Generator[PredictEvent, None, Any]:
     """Predict a whole image with a ``SegmentationModel``; a generator for GUI workers.
 
@@ -367,6 +389,8 @@ def predict_iter(
             (numpy, ``model.output_lut()`` dtype) when None.  Background is 0,
             every class the value painted for it.
         probabilities_out: optional (K, *spatial) float32 array-like.
+        slab_hooks: :data:`SlabHook` callables given each finished slab's
+            probabilities (uncertainty, one class's probability).
 
     Yields :class:`PredictEvent` after each batch of tiles (closing the
     generator there cancels) and returns ``labels_out``.
@@ -398,6 +422,7 @@ def predict_iter(
         batch_size=config.batch_size,
         device=device,
         halo=model.model_config.input_halo,
+        slab_hooks=slab_hooks,
     )
     return labels_out
 

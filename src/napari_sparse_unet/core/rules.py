@@ -125,6 +125,60 @@ def image_for_model(image: Any, spatial_dims: int, in_channels: int) -> Any:
     return image
 
 
+# ------------------------------------------------------------ channels from separate images
+
+
+def channels_problem(names: Sequence[str], shapes: Sequence[Sequence[int]]) -> str | None:
+    """Why images (layers or files) named ``names`` cannot be the channels of one input, or None.
+
+    Each must be one single-channel 2-D (Y, X) or 3-D (Z, Y, X) image, all of the
+    same shape (co-registered), and none picked twice.
+    """
+    names, shapes = [str(n) for n in names], [tuple(int(s) for s in shape) for shape in shapes]
+    if not names:
+        return "no channel picked: pick at least one image"
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"'{twice[0]}' is picked twice as a channel; pick each image once"
+    for name, shape in zip(names, shapes):
+        if len(shape) not in (2, 3):
+            return (
+                f"channel '{name}' has shape {shape}, but each channel must be one 2-D (Y, X) or "
+                "3-D (Z, Y, X) single-channel image"
+            )
+    for name, shape in zip(names[1:], shapes[1:]):
+        if shape != shapes[0]:
+            return (
+                f"channel '{name}' has shape {shape} but '{names[0]}' has {shapes[0]}: "
+                "channels must be co-registered images of the same shape"
+            )
+    return None
+
+
+def stack_channels(arrays: Sequence[Any], names: Sequence[str]) -> np.ndarray:
+    """Separate images as one (C, *spatial) array, in the given order; InputError if they do not fit.
+
+    A single image is returned as (1, *spatial) without copying; several are copied into one array.
+    """
+    problem = channels_problem(names, [_shape(a) for a in arrays])
+    if problem:
+        raise InputError(problem)
+    if len(arrays) == 1:
+        return np.asarray(arrays[0])[np.newaxis]
+    return np.stack([np.asarray(a) for a in arrays])
+
+
+def model_channels_problem(model_channels: Sequence[str], given: Sequence[str]) -> str | None:
+    """Why images named ``given`` (one per channel) cannot feed a model trained on ``model_channels``, or None."""
+    if len(given) == len(model_channels):
+        return None
+    return (
+        f"the model was trained on {len(model_channels)} channel(s) ({', '.join(model_channels)}) but "
+        f"{len(given)} image(s) are given ({', '.join(repr(str(g)) for g in given)}): give one image per "
+        "channel, in that order"
+    )
+
+
 # ----------------------------------------------------------------------- annotations
 
 
@@ -266,3 +320,42 @@ def check_spacing(spacing: Sequence[float] | None, spatial_dims: int) -> tuple[f
     if len(values) != spatial_dims or any(not math.isfinite(s) or s <= 0 for s in values):
         raise InputError(f"spacing {values} must hold {spatial_dims} positive numbers, one per spatial axis")
     return values
+
+
+# ------------------------------------------------------------ instances, uncertainty
+
+
+def check_instance_settings(
+    method: str, methods: Sequence[str], landscape: str, landscapes: Sequence[str], min_size: int, seed_depth: float | None
+) -> None:
+    """ConfigError unless the instance method, landscape, minimum size and seed depth can work."""
+    if method not in methods:
+        raise ConfigError(f"unknown instance method {method!r}; use {' or '.join(methods)}")
+    if landscape not in landscapes:
+        raise ConfigError(f"unknown watershed landscape {landscape!r}; use {' or '.join(landscapes)}")
+    if int(min_size) != min_size or min_size < 0:
+        raise ConfigError(f"minimum instance size must be a whole number of voxels >= 0, got {min_size}")
+    if seed_depth is not None and not (seed_depth > 0 and math.isfinite(seed_depth)):
+        raise ConfigError(f"seed depth must be a positive number, got {seed_depth}")
+
+
+def check_instance_class(class_value: int, class_values: Sequence[int]) -> int:
+    """Index of ``class_value`` among the model's ``class_values`` (1 = background first).
+
+    Raises:
+        InputError: the model has no such class, or it is the background.
+    """
+    classes = [int(v) for v in class_values]
+    foreground = ", ".join(str(v) for v in classes[1:]) or "none"
+    if class_value == 1 or class_value == 0:
+        raise InputError(f"instances of class {class_value}: that is the background; choose a class value ({foreground})")
+    if class_value not in classes:
+        raise InputError(f"instances of class {class_value}: the model has no such class; its classes are {foreground}")
+    return classes.index(class_value)
+
+
+def check_uncertainty_measure(measure: str, measures: Sequence[str]) -> str:
+    """``measure`` if it is one of ``measures``; ConfigError otherwise."""
+    if measure not in measures:
+        raise ConfigError(f"unknown uncertainty measure {measure!r}; use {' or '.join(measures)}")
+    return measure
