@@ -127,5 +127,5 @@ def test_cli_train_log_dir(tmp_path, tiny_files, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     code = main([str(a) for a in [*base, "--log-dir", tmp_path / "logs2", "--log-format", "tensorboard"]])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: TensorBoard logs need")
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: writing TensorBoard logs needs")
     assert not (tmp_path / "logs2").exists()

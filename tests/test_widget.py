@@ -7,6 +7,7 @@ annotations use 0 = not painted, 1 = background, 2.. = classes.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -283,7 +284,8 @@ def test_removing_the_widget_stops_training(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     configure_tiny(widget, steps=100_000)
     assert widget.train()
-    qtbot.waitUntil(lambda: "step 2/" in widget.progress.loss_label.text(), timeout=TIMEOUT_MS)
+    # The voxel head's first steps take milliseconds: any step past the first shows training is under way.
+    qtbot.waitUntil(lambda: re.search(r"step ([2-9]|\d\d+)/", widget.progress.loss_label.text()), timeout=TIMEOUT_MS)
     job, worker = widget.runner.job, widget.runner.worker
     viewer.window.remove_dock_widget(widget)  # the dock's close button does this
     assert job.done.is_set()
@@ -313,7 +315,7 @@ def test_preview_covers_the_visible_region_when_zoomed(make_napari_viewer, qtbot
     box = widget.view.viewed.snapshot()[1]
     assert box[0] == (0, 12) and box[1][0] <= 4 and box[2][0] <= 4
 
-    configure_tiny(widget, steps=4, preview=0.1)
+    configure_tiny(widget, steps=40, preview=0.1)  # enough steps for a model that predicts foreground
     assert widget.train()
     wait_idle(qtbot, widget)
     previews = [layer for layer in viewer.layers if PREDICTION_KEY in layer.metadata]
@@ -325,7 +327,7 @@ def test_preview_covers_the_visible_region_when_zoomed(make_napari_viewer, qtbot
     # corner plus half a patch (8 voxels) of context; not the far corner.
     written = np.flatnonzero(preview.data.reshape(12, -1).any(axis=1))
     assert written.size and written.min() >= 2 and written.max() <= 9
-    assert preview.data[2:10, :box[1][1], :box[2][1]].any()
+    assert preview.data[2:10, :box[1][1] + 8, :box[2][1] + 8].any()  # the corner and its context (objects may lie off-corner)
     assert not preview.data[:, 24:, 24:].any()
     widget.shutdown()
 
