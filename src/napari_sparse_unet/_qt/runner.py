@@ -10,6 +10,7 @@ exception is a bug and is shown with its type.
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable, Generator
 from typing import Any
@@ -135,7 +136,10 @@ class JobRunner(QObject):
 
     def _on_aborted(self) -> None:
         # worker.quit() leaves the job at a yield: closing it ends training and keeps the best model.
-        if self._generator is not None:
+        if self._generator is not None and inspect.getgeneratorstate(self._generator) == inspect.GEN_CREATED:
+            if self.job is not None:
+                self.job.abandon()  # cancelled before its first step: closing would not run its cleanup
+        elif self._generator is not None:
             try:
                 self._generator.close()
             except ValueError:  # still running in the worker: it stops at its next step anyway

@@ -135,6 +135,11 @@ class Job:
         """Ask the job to end at its next step (thread-safe)."""
         self._stop.set()
 
+    def abandon(self) -> None:
+        """End a job whose ``run()`` generator will never start (cancelled before its first step)."""
+        self._stop.set()
+        self.done.set()
+
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
