@@ -199,7 +199,10 @@ class TrainConfig:
     voxel_batch: int = 8192
     voxel_warmup: float = 0.1
     dice_weight: float = 1.0
-    max_class_weight: float = 3.0
+    # No inverse-frequency weights by default: with them both experts over-predict rare classes, which
+    # costs Dice (180 s, k = 5 along z, weights capped at 3 -> 1: EM 0.683 -> 0.707, MRI 0.713 -> 0.726
+    # with class-balanced bins, CT 0.795 -> 0.774, still far above the forest's 0.662).
+    max_class_weight: float = 1.0
     augment: bool = True
     intensity_augment: float = 0.3
     elastic: bool = False

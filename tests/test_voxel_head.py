@@ -1,0 +1,36 @@
+"""The voxel head's piecewise-linear encoding: bin edges from the painted voxels, each class weighing the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from napari_sparse_unet.core.voxel_head import VoxelHead, balanced_quantiles
+
+
+def test_balanced_quantiles_give_a_rare_class_its_share_of_the_cuts() -> None:
+    # 900 background voxels at 0 (zero padding), 100 of a rare class at 1..100.
+    values = np.concatenate([np.zeros(900), np.arange(1, 101)]).astype(np.float32)[:, None]
+    classes = np.r_[np.zeros(900, int), np.ones(100, int)]
+    levels = np.linspace(0.0, 1.0, 5)
+    plain = np.quantile(values, levels, axis=0).ravel()
+    balanced = balanced_quantiles(values, classes, levels).ravel()
+    # Plain quantiles put every inner edge on the ties at 0; balanced ones cut the rare class's range.
+    assert np.count_nonzero(plain[1:-1]) == 0
+    assert balanced[0] == 0 and balanced[-1] == 100
+    assert 40 <= balanced[3] <= 60 and np.all(np.diff(balanced) >= 0)
+
+
+def test_fit_bins_with_classes_encodes_monotonically_within_the_range() -> None:
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(5000, 3)).astype(np.float32)
+    classes = (rows[:, 0] > 1.5).astype(np.int64)  # a rare class (~7 %)
+    head = VoxelHead(features=3, hidden=8, classes=2, bins=8)
+    head.fit_bins(rows, classes)
+    assert torch.all(head.width > 0)
+    low, high = torch.tensor([[-10.0, 0.0, 0.0]]), torch.tensor([[10.0, 0.0, 0.0]])
+    # Feature 0's encoding is all zeros below the painted range and all ones above it.
+    assert head.encode(low).reshape(8, 3)[:, 0].sum() == 0
+    assert head.encode(high).reshape(8, 3)[:, 0].sum() == 8
+    # More of feature 0's edges lie above 1.5 than plain quantiles would give (1 in 8 at most).
+    assert int((head.lower[:, 0] > 1.5).sum()) >= 3
