@@ -224,3 +224,28 @@ def test_command_line_predicts_with_local_workers_and_resumes(tmp_path, capsys):
     code = main([str(a) for a in common + ["--out", tmp_path / "x.tif", "--workers", "2"]])
     out, err = capsys.readouterr()
     assert code == 2 and err.startswith("error: --out") and ".zarr folders only" in err and len(err.splitlines()) == 1
+
+
+def test_command_line_predicts_on_an_existing_cluster_by_address_or_scheduler_file(client, tmp_path, capsys):
+    from napari_sparse_unet.cli import main
+
+    model_path = tmp_path / "model.pt"
+    model = tiny_model()
+    model.save(model_path)
+    image = (np.random.default_rng(7).random((16, 32, 32)) * 255).astype(np.uint8)
+    zarr.create_array(str(tmp_path / "image.zarr"), shape=image.shape, chunks=(8, 16, 16), dtype="uint8")[:] = image
+    here = tmp_path / "here.zarr"
+    predict_zarr(BlockPredictor.from_model(model, PredictConfig(device="cpu")), tmp_path / "image.zarr", here, block_shape=(8, 16, 16))
+    expected = zarr.open_array(str(here))[:]
+    scheduler_file = tmp_path / "scheduler.json"
+    client.write_scheduler_file(str(scheduler_file))
+    common = ["predict", "--model", model_path, "--image", tmp_path / "image.zarr", "--device", "cpu", "-q",
+              "--block-size", "8", "16", "16"]
+    for name, where in (("address", client.scheduler.address), ("file", scheduler_file)):
+        code = main([str(a) for a in common + ["--out", tmp_path / f"{name}.zarr", "--scheduler", where]])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert "8 blocks (2×2×2) of 8×16×16" in out and "on 2 Dask workers" in out
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / f"{name}.zarr"))[:], expected)
+    # The command's client has gone; the cluster it used is still there.
+    assert len(client.nthreads()) == 2 and client.submit(int, "3").result() == 3
