@@ -20,10 +20,11 @@ Shape = tuple[int, ...]
 # Work of one block besides its voxels (task start, reading, writing, Python),
 # as voxels of network work; steers away from many tiny blocks.
 BLOCK_OVERHEAD_VOXELS = 2**20
-# Largest block by default: about 64 MB per uint8 input block; the network's
+# Largest block by default: about 128 MB per uint8 input block; the network's
 # memory is bounded by its tile, not the block, so this only bounds the
-# block's input and label buffers.
-DEFAULT_MAX_BLOCK_VOXELS = 64 * 2**20
+# block's input and label buffers.  Big: every block border computes the
+# whole volume's tiles that straddle it twice (see .blockwise).
+DEFAULT_MAX_BLOCK_VOXELS = 128 * 2**20
 
 
 @dataclass(frozen=True)
