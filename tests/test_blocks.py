@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from napari_sparse_unet.core.blocks import block_grid, choose_block_shape, grid_shape, read_voxels
+from napari_sparse_unet.core.blocks import DEFAULT_MAX_BLOCK_VOXELS, block_grid, choose_block_shape, grid_shape, read_voxels
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_block_choice_gives_each_worker_a_block_and_allows_one_chunk_over_the_bo
     assert choose_block_shape((64, 64, 64), (32, 32, 32), 2, max_voxels=10) == (32, 32, 32)
     # A huge volume is answered at once (the search prunes by the bound).
     block = choose_block_shape((8192, 11000, 11000), (64, 64, 64), (6, 12, 12))
-    assert np.prod(block) <= 64 * 2**20
+    assert np.prod(block) <= DEFAULT_MAX_BLOCK_VOXELS
 
 
 def test_bad_grids_raise():
@@ -63,3 +63,15 @@ def test_bad_grids_raise():
         block_grid((4, 4), (0, 2))
     with pytest.raises(ValueError):
         block_grid((4, 4), (2, 2, 2))
+
+
+def test_block_choice_counts_the_given_work_and_keeps_workers_busy():
+    # Every border computes a layer of tiles twice (tiles 16×356×356): two deep blocks win over four, and over in-plane cuts.
+    def work(block):
+        return int(np.prod([s + t * (-(-s // b) - 1) for s, t, b in zip((256, 1024, 1024), (16, 356, 356), block)]))
+
+    assert choose_block_shape((256, 1024, 1024), (64, 256, 256), 0, max_voxels=2**27, min_blocks=2, work=work) == (128, 1024, 1024)
+    # Three blocks are cheapest in all, but leave one of two workers idle for a round: four finish sooner.
+    shape, chunks, bound = (96, 1024, 1024), (32, 512, 1024), 32 * 2**20
+    assert grid_shape(shape, choose_block_shape(shape, chunks, 0, max_voxels=bound)) == (3, 1, 1)
+    assert grid_shape(shape, choose_block_shape(shape, chunks, 0, max_voxels=bound, min_blocks=2)) == (2, 2, 1)

@@ -353,3 +353,29 @@ def test_worker_quit_closes_the_job_and_keeps_the_best_model(viewer_widget, qtbo
     wait_idle(qtbot, widget, timeout=10_000)
     assert job.done.is_set()  # the job's generator was closed, so the trainer ended cleanly
     assert widget.model is not None and widget.progress.status_label.text() == "Stopped."
+
+
+def test_a_lazy_image_gets_a_lazy_prediction_equal_to_the_eager_one(trained, qtbot, tmp_path, monkeypatch):
+    da = pytest.importorskip("dask.array")
+    zarr = pytest.importorskip("zarr")
+    from qtpy.QtCore import Qt
+
+    from napari_sparse_unet._layers import find_prediction_layer
+    from napari_sparse_unet._qt import widget as widget_module
+    from napari_sparse_unet.core.predict import predict
+
+    viewer, widget = trained
+    image = viewer.layers["image"].data
+    zarr.create_array(str(tmp_path / "image.zarr"), shape=image.shape, chunks=(6, 16, 16), dtype=image.dtype)[:] = image
+    lazy_image = viewer.add_image(da.from_zarr(str(tmp_path / "image.zarr")), name="lazy", scale=(2.0, 1.0, 1.0))
+    widget.data.image_picker.value = lazy_image
+    monkeypatch.setattr(widget_module, "LAZY_BLOCK_VOXELS", 6 * 16 * 16)  # 8 blocks of the tiny volume
+    qtbot.mouseClick(widget.prediction.predict_button, Qt.MouseButton.LeftButton)
+    assert not widget.busy  # nothing to wait for: the layer is there at once
+    prediction = find_prediction_layer(viewer, "lazy", image.shape)
+    assert isinstance(prediction.data, da.Array) and prediction.data.chunksize == (6, 16, 16)
+    assert isinstance(lazy_image.data, da.Array) and not prediction.editable
+    assert "is lazy" in widget.progress.status_label.text()
+    eager = predict(widget.model, image, widget.predict_config())
+    np.testing.assert_array_equal(prediction.data[5:7].compute(), eager[5:7])  # a slab across two blocks' border
+    assert (np.asarray(prediction.data) == eager).mean() >= 0.999

@@ -47,8 +47,8 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
     if args.workers:
         from .distributed import local_client
 
-        # One torch thread per worker unless --threads: N workers share the machine's cores.
-        with local_client(args.workers, threads_per_worker=1) as client:
+        # N workers share the machine's cores, unless --threads says how many each uses.
+        with local_client(args.workers, threads_per_worker=1, torch_threads=args.threads) as client:
             yield client
     elif args.scheduler:
         from .distributed import _import_distributed

@@ -22,7 +22,7 @@ from .annotations import (
     dirty_slices_of_paint,
     label_color_hex,
 )
-from .images import ImageSnapshot, LayerError, channels_snapshot, image_channel_axis, image_snapshot, spatial_shape_of
+from .images import ImageSnapshot, LayerError, channels_snapshot, image_channel_axis, image_snapshot, is_lazy, spatial_shape_of
 from .lists import (
     annotation_layers,
     fits_image,
@@ -72,6 +72,7 @@ __all__ = [
     "image_layers",
     "image_snapshot",
     "in_viewer",
+    "is_lazy",
     "label_color_hex",
     "named_choices",
     "preferred_image",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,12 @@ class ImageSnapshot:
     @property
     def channels(self) -> int:
         return int(self.data.shape[0])
+
+
+def is_lazy(data: Any) -> bool:
+    """Whether layer data is a dask array (read chunk by chunk, e.g. a zarr opened lazily)."""
+    dask_array = sys.modules.get("dask.array")  # never imported here: lazy data means dask is loaded
+    return dask_array is not None and isinstance(data, dask_array.Array)
 
 
 def image_channel_axis(layer: Image, first_axis_is_channel: bool = False) -> int | None:

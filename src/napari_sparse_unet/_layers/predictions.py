@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .files import source_geometry
-from .images import ImageSnapshot, spatial_shape_of
+from .images import ImageSnapshot, is_lazy, spatial_shape_of
 
 if TYPE_CHECKING:  # napari only for type hints: importing this stays cheap
     import napari
@@ -43,7 +43,7 @@ def _copy_colormap(target: Labels, annotation: Labels | None) -> None:
 
 def show_prediction(
     viewer: napari.Viewer,
-    labels: np.ndarray,
+    labels: Any,
     image: ImageSnapshot,
     annotation: Labels | None = None,
     name: str = "prediction",
@@ -51,7 +51,8 @@ def show_prediction(
     """Add or update the prediction layer of ``image`` with ``labels`` (*spatial).
 
     Colours are copied from the annotation layer so a class looks the same in
-    both; scale and translate are the image's.
+    both; scale and translate are the image's.  Lazy (dask) labels are shown
+    as they are, computed where napari reads them, and cannot be painted.
     """
     layer = find_prediction_layer(viewer, image.name, labels.shape)
     if layer is None:
@@ -60,9 +61,9 @@ def show_prediction(
             metadata=_geometry(viewer, image),
         )
         layer.metadata[PREDICTION_KEY] = image.name
-        layer.editable = True
     else:
         layer.data = labels
+    layer.editable = not is_lazy(labels)
     _copy_colormap(layer, annotation)
     return layer
 

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from ..core.checkpoint import SegmentationModel
 
 
+# Largest block of a lazy prediction: napari predicts every block a shown slice touches, whole.
+LAZY_BLOCK_VOXELS = 2**22
+
+
 class SparseUNetWidget(QWidget):
     """Dock widget: train a 3D U-Net on a few painted slices and predict whole volumes."""
 
@@ -254,13 +258,31 @@ class SparseUNetWidget(QWidget):
         except UserInputError as error:
             notify("error", str(error))
             return False
+        probabilities, uncertainty = self.prediction.probabilities_check.isChecked(), self.next_slice.measure()
+        if _layers.is_lazy(image.data) and not (probabilities or uncertainty or instances):
+            self._predict_lazily(image, config)
+            return True
         job = PredictJob(
-            self.model, image.data, config, probabilities=self.prediction.probabilities_check.isChecked(),
-            uncertainty=self.next_slice.measure(), instances=instances, spacing=image.scale,
+            self.model, image.data, config, probabilities=probabilities,
+            uncertainty=uncertainty, instances=instances, spacing=image.scale,
         )
         self._start(job, image, self.annotation_layer, f"Predicting '{image.name}'…",
                     yielded=self.progress.prediction_step, returned=self._on_predict_returned)
         return True
+
+    def _predict_lazily(self, image: _layers.ImageSnapshot, config: Any) -> None:
+        """A lazy (dask) image gets a lazy prediction layer: napari predicts a block (plus its halo)
+        of the image when it first shows part of it, so neither volume is ever loaded whole.
+        Probabilities, uncertainty and instances need the whole volume: they take the eager path."""
+        from ..core.blockwise import BlockPredictor, predict_lazy
+
+        assert self.model is not None
+        labels = predict_lazy(BlockPredictor.from_model(self.model, config), image.data, max_block_voxels=LAZY_BLOCK_VOXELS)
+        layer = _layers.show_prediction(self.viewer, labels, image, self.annotation_layer)
+        blocks = "×".join(str(c[0]) for c in labels.chunks)
+        self.progress.status_label.setText(
+            f"'{layer.name}' of '{image.name}' is lazy: each {blocks} block is predicted when it is first shown."
+        )
 
     def _on_predict_returned(self, result: PredictResult | None) -> None:
         image = self._job_image

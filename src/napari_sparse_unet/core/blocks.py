@@ -13,17 +13,18 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 Shape = tuple[int, ...]
 
 # Work of one block besides its voxels (task start, reading, writing, Python),
 # as voxels of network work; steers away from many tiny blocks.
 BLOCK_OVERHEAD_VOXELS = 2**20
-# Largest block by default: about 64 MB per uint8 input block; the network's
+# Largest block by default: about 128 MB per uint8 input block; the network's
 # memory is bounded by its tile, not the block, so this only bounds the
-# block's input and label buffers.
-DEFAULT_MAX_BLOCK_VOXELS = 64 * 2**20
+# block's input and label buffers.  Big: every block border computes the
+# whole volume's tiles that straddle it twice (see .blockwise).
+DEFAULT_MAX_BLOCK_VOXELS = 128 * 2**20
 
 
 @dataclass(frozen=True)
@@ -115,15 +116,17 @@ def choose_block_shape(
     halo: int | Sequence[int],
     max_voxels: int = DEFAULT_MAX_BLOCK_VOXELS,
     min_blocks: int = 1,
+    work: Callable[[Shape], int] | None = None,
 ) -> Shape:
-    """The chunk-aligned block shape that reads the fewest voxels in total.
+    """The chunk-aligned block shape that predicts the volume soonest.
 
     Every axis is a multiple of ``chunks`` (or the whole axis), a block holds at
     most ``max_voxels`` (one chunk if even that is larger), and the grid has at
     least ``min_blocks`` blocks where the volume allows it (e.g. one per worker).
-    The cost is the voxels read including halos (halos are predicted twice)
-    plus a fixed overhead per block; ties go to fewer blocks, then to whole
-    trailing axes.
+    The cost is ``work(block_shape)``, the voxels all blocks compute (default:
+    the voxels read, halos included), plus a fixed overhead per block; blocks
+    are spread over ``min_blocks`` workers, so a last round that leaves workers
+    idle counts.  Ties go to fewer blocks, then to whole trailing axes.
     """
     shape = tuple(int(s) for s in shape)
     chunks = tuple(min(int(c), s) for c, s in zip(_ints(chunks, len(shape), "chunks"), shape))
@@ -140,8 +143,9 @@ def choose_block_shape(
     candidates = []
     for combo in _combinations_within(options, limit):
         blocks = math.prod(grid_shape(shape, combo))
-        cost = read_voxels(shape, combo, halo) + blocks * BLOCK_OVERHEAD_VOXELS
-        candidates.append((blocks < min_blocks, cost, blocks, tuple(-b for b in reversed(combo)), combo))
+        cost = (work(combo) if work is not None else read_voxels(shape, combo, halo)) + blocks * BLOCK_OVERHEAD_VOXELS
+        rounds = math.ceil(blocks / max(1, min_blocks))  # each worker's share, in blocks of average cost
+        candidates.append((blocks < min_blocks, rounds * cost / blocks, cost, blocks, tuple(-b for b in reversed(combo)), combo))
     return min(candidates)[-1]
 
 

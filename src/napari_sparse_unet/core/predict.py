@@ -242,6 +242,7 @@ def sliding_window_predict(
     device: str | torch.device = "cpu",
     halo: Sequence[int] | None = None,
     slab_hooks: Sequence[SlabHook] = (),
+    tiles: Sequence[Sequence[int]] | None = None,
 ) -> Generator[PredictEvent, None, None]:
     """Predict ``image_cf`` tile by tile and write the blended result slab by slab.
 
@@ -268,6 +269,9 @@ def sliding_window_predict(
             :attr:`~.model.UNet.input_halo`); the predictor maps (N, C, *(tile + 2·halo))
             to (N, K, *tile).
         slab_hooks: :data:`SlabHook` callables given each finished slab's probabilities.
+        tiles: start corners of the tiles to predict, a product of per-axis starts in
+            :func:`.tiling.tile_grid` order (a block's share of a whole volume's tiles); the
+            outputs then cover the tiles' bounding box only.  Default: the whole image's grid.
     """
     spatial = tuple(int(s) for s in image_cf.shape[1:])
     tile = tuple(int(t) for t in tile_size)
@@ -277,15 +281,18 @@ def sliding_window_predict(
         lut = np.arange(num_classes, dtype=np.uint8 if num_classes <= 256 else np.uint16)
     if len(lut) != num_classes:
         raise ValueError(f"lut has {len(lut)} entries but the predictor has {num_classes} classes")
-    if labels_out is not None and tuple(labels_out.shape) != spatial:
-        raise ValueError(f"labels_out has shape {tuple(labels_out.shape)}, expected {spatial}")
-    if probabilities_out is not None and tuple(probabilities_out.shape) != (num_classes, *spatial):
-        raise ValueError(f"probabilities_out has shape {tuple(probabilities_out.shape)}, expected {(num_classes, *spatial)}")
     overlaps = per_axis_values(overlap, len(spatial), "overlap")
-    grid = tile_grid(spatial, tile, overlaps)
+    grid = tile_grid(spatial, tile, overlaps) if tiles is None else [tuple(int(a) for a in start) for start in tiles]
+    origin = grid[0]  # the first corner is the lowest on every axis
+    shape = tuple(max(min(s[i] + t, n) for s in grid) - o for i, (t, n, o) in enumerate(zip(tile, spatial, origin)))
+    if labels_out is not None and tuple(labels_out.shape) != shape:
+        raise ValueError(f"labels_out has shape {tuple(labels_out.shape)}, expected {shape}")
+    if probabilities_out is not None and tuple(probabilities_out.shape) != (num_classes, *shape):
+        raise ValueError(f"probabilities_out has shape {tuple(probabilities_out.shape)}, expected {(num_classes, *shape)}")
     # Ramps as long as the guaranteed overlap: neighbours cross-fade over it.
     margins = [overlap_voxels(t, o) for t, o in zip(tile, overlaps)]
-    stitcher = SlabStitcher(spatial, num_classes, tile, grid, blending_window(tile, margins))
+    local = [tuple(a - o for a, o in zip(start, origin)) for start in grid]
+    stitcher = SlabStitcher(shape, num_classes, tile, local, blending_window(tile, margins))
     device = torch.device(device)
     started = time.perf_counter()
     done = 0
@@ -300,7 +307,7 @@ def sliding_window_predict(
         del batch
         for start, values in zip(starts, output):
             extent = tuple(min(t, s - a) for t, s, a in zip(tile, spatial, start))
-            stitcher.add(start, values[(slice(None),) + tuple(slice(0, e) for e in extent)])
+            stitcher.add([a - o for a, o in zip(start, origin)], values[(slice(None),) + tuple(slice(0, e) for e in extent)])
             while (finished := stitcher.pop_finished()) is not None:
                 _write_slab(
                     *finished, lut=lut, labels_out=labels_out, probabilities_out=probabilities_out, hooks=slab_hooks
@@ -406,25 +413,26 @@ def predict_iter(
         raise InputError(
             f"probabilities_out has shape {tuple(probabilities_out.shape)}, expected {(model.num_classes, *spatial)}"
         )
-    device = resolve_device(config.device)
     tile, overlap = plan_prediction(model, spatial, config)
-    predictor = make_predictor(model, device, config.mixed_precision, config.tta)
     yield from sliding_window_predict(
-        predictor,
-        image_cf,
-        num_classes=model.num_classes,
-        tile_size=tile,
-        overlap=overlap,
-        labels_out=labels_out,
-        lut=lut,
-        probabilities_out=probabilities_out,
-        normalize=model.normalization.apply,
-        batch_size=config.batch_size,
-        device=device,
-        halo=model.model_config.input_halo,
-        slab_hooks=slab_hooks,
+        image_cf=image_cf, tile_size=tile, overlap=overlap, labels_out=labels_out, probabilities_out=probabilities_out,
+        slab_hooks=slab_hooks, **model_window(model, config),
     )
     return labels_out
+
+
+def model_window(model: Any, config: PredictConfig) -> dict[str, Any]:
+    """:func:`sliding_window_predict`'s settings for ``model`` (all but the image, tiling and outputs)."""
+    device = resolve_device(config.device)
+    return {
+        "predictor": make_predictor(model, device, config.mixed_precision, config.tta),
+        "num_classes": model.num_classes,
+        "lut": model.output_lut() if hasattr(model, "output_lut") else label_lut(model.class_values),
+        "normalize": model.normalization.apply,
+        "batch_size": config.batch_size,
+        "device": device,
+        "halo": model.model_config.input_halo,
+    }
 
 
 def predict(
