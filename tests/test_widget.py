@@ -175,7 +175,7 @@ def test_event_loop_runs_and_stop_keeps_the_best_model(viewer_widget, qtbot):
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
     assert widget.train()
-    qtbot.waitUntil(lambda: "step 3/" in widget.progress.loss_label.text() or "step 4/" in widget.progress.loss_label.text(), timeout=TIMEOUT_MS)
+    wait_for_step(qtbot, widget, 3)
     started = len(ticks)
     qtbot.wait(500)
     timer.stop()
