@@ -136,14 +136,14 @@ class JobRunner(QObject):
 
     def _on_aborted(self) -> None:
         # worker.quit() leaves the job at a yield: closing it ends training and keeps the best model.
-        if self._generator is not None and inspect.getgeneratorstate(self._generator) == inspect.GEN_CREATED:
-            if self.job is not None:
+        if self._generator is not None and self.job is not None:
+            if inspect.getgeneratorstate(self._generator) == inspect.GEN_CREATED:
                 self.job.abandon()  # cancelled before its first step: closing would not run its cleanup
-        elif self._generator is not None:
-            try:
-                self._generator.close()
-            except ValueError:  # still running in the worker: it stops at its next step anyway
-                self.stop()
+            else:
+                try:
+                    self._generator.close()
+                except ValueError:  # still running in the worker: it stops at its next step anyway
+                    self.stop()
         self._aborted()
 
     def _on_finished(self) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .blocks import Block, block_grid, choose_block_shape, grid_shape
 from .config import PredictConfig
-from .data import label_lut
+from .data import model_lut
 from .generators import run_to_end
 from .tiling import per_axis_values, tile_starts
 
@@ -66,7 +66,7 @@ class BlockPredictor:
         """Blocks predicted as :func:`.predict.predict` predicts the whole volume with ``model`` and ``config``."""
         return cls(
             num_classes=int(model.num_classes),
-            lut=model.output_lut() if hasattr(model, "output_lut") else label_lut(model.class_values),
+            lut=model_lut(model),
             spatial_dims=int(model.spatial_dims),
             input_halo=tuple(int(h) for h in model.model_config.input_halo),
             model=model,

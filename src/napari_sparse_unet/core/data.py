@@ -78,6 +78,11 @@ def label_lut(class_values: Sequence[int]) -> np.ndarray:
     return np.asarray(values, dtype=dtype)
 
 
+def model_lut(model: Any) -> np.ndarray:
+    """:func:`label_lut` of a model: its own ``output_lut()`` when it has one, else from its ``class_values``."""
+    return model.output_lut() if hasattr(model, "output_lut") else label_lut(model.class_values)
+
+
 def annotation_to_target(annotation: np.ndarray, class_values: Sequence[int]) -> np.ndarray:
     """Annotation values -> class indices (int64), -1 where not annotated or unknown."""
     lut_size = max(int(max(class_values)), int(annotation.max(initial=0))) + 1

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig, PredictConfig
-from .data import label_lut
+from .data import model_lut
 from .errors import InputError
 from .generators import run_to_end
 from .rules import check_network_size, image_for_model
@@ -404,7 +404,7 @@ def predict_iter(
     """
     image_cf = image_for_model(image, int(model.spatial_dims), int(model.in_channels))
     spatial = tuple(int(s) for s in image_cf.shape[1:])
-    lut = model.output_lut() if hasattr(model, "output_lut") else label_lut(model.class_values)
+    lut = model_lut(model)
     if labels_out is None:
         labels_out = np.zeros(spatial, dtype=lut.dtype)
     elif tuple(labels_out.shape) != spatial:
@@ -427,7 +427,7 @@ def model_window(model: Any, config: PredictConfig) -> dict[str, Any]:
     return {
         "predictor": make_predictor(model, device, config.mixed_precision, config.tta),
         "num_classes": model.num_classes,
-        "lut": model.output_lut() if hasattr(model, "output_lut") else label_lut(model.class_values),
+        "lut": model_lut(model),
         "normalize": model.normalization.apply,
         "batch_size": config.batch_size,
         "device": device,
