@@ -47,6 +47,10 @@ class ModelConfig:
     length is the depth.  An input's spatial size must be a multiple of the
     product of the factors along each axis (:meth:`size_multiple`).
 
+    ``filter_hessian`` adds the Hessian eigenvalues to the filter bank's
+    features (:class:`.filters.FilterBank`); checkpoints from before it was
+    an option load without it.
+
     ``voxel_head`` is the hidden width of a per-voxel classifier on the filter
     features whose probabilities multiply the U-Net's (:mod:`.voxel_head`); 0: none.
     """
@@ -61,6 +65,7 @@ class ModelConfig:
     filter_sigmas: tuple[tuple[float, ...], ...] = ()
     widths: tuple[int, ...] | None = None
     voxel_head: int = 0
+    filter_hessian: bool = False
 
     def __post_init__(self) -> None:
         _check(self.spatial_dims in (2, 3), f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
@@ -156,7 +161,8 @@ class TrainConfig:
     * ``filter_scales``: a fixed Gaussian filter bank (smoothed, gradient
       magnitude, Laplacian at these σ, in units of the finest spacing) is the
       network's first layer, the head start a random forest gets from its
-      features; ``()`` turns it off.
+      features; ``()`` turns it off.  ``filter_hessian`` adds the Hessian
+      eigenvalues at each scale (ridge, sheet and blob shape, as ilastik's).
     * ``equalize``: histogram-equalised intensities, so classes that differ by a
       few per cent of the range (CT organs) are far apart in the input.
     * ``norm="batch"`` with ``recalibrate_norm``: statistics shared by every
@@ -193,6 +199,7 @@ class TrainConfig:
     norm: Norm = "batch"
     recalibrate_norm: bool = True
     filter_scales: tuple[float, ...] = (1.0, 2.5, 5.0, 10.0, 20.0)
+    filter_hessian: bool = True
     equalize: bool = True
     plane_patch_depth: int = 8
     voxel_head: int = 64

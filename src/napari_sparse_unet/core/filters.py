@@ -3,9 +3,11 @@
 A random forest on ilastik's filter features learns a first segmentation in
 seconds because smoothing, edges and blobs at several scales are handed to it.
 The U-Net gets the same head start: its input is the raw intensity plus, per
-channel and scale σ, the Gaussian-smoothed intensity, the gradient magnitude
-and the Laplacian of Gaussian.  The filters are fixed (nothing to learn) and
-reach far beyond a thin training patch, so they give z-context cheaply.
+channel and scale σ, the Gaussian-smoothed intensity, the gradient magnitude,
+the Laplacian of Gaussian and (with ``hessian``) the eigenvalues of the
+Hessian of Gaussian, which tell ridges, sheets and blobs apart whatever their
+orientation.  The filters are fixed (nothing to learn) and reach far beyond a
+thin training patch, so they give z-context cheaply.
 
 The filters are *valid* convolutions: the input carries a halo of
 :attr:`FilterBank.halo` voxels per side that the output no longer has.  Training
@@ -33,8 +35,13 @@ from torch import nn
 MIN_AXIS_SIGMA = 0.3
 # Kernels reach this many σ each side.
 TRUNCATE = 3.0
-# Features per input channel: raw, then (smoothed, gradient magnitude, LoG) per scale.
-FEATURES_PER_SCALE = 3
+# Features per scale before the Hessian eigenvalues: smoothed, gradient magnitude, LoG.
+BASIC_FEATURES_PER_SCALE = 3
+
+
+def features_per_scale(spatial_dims: int, hessian: bool) -> int:
+    """Features per input channel and scale: 3, plus one Hessian eigenvalue per spatial axis."""
+    return BASIC_FEATURES_PER_SCALE + (spatial_dims if hessian else 0)
 
 
 def axis_sigmas(
@@ -82,16 +89,19 @@ def gaussian_kernels(sigma: float) -> np.ndarray:
 
 
 class FilterBank(nn.Module):
-    """(N, C, *(out + 2·halo)) -> (N, C·(1 + 3·S), *out): raw, smoothed, |gradient|, LoG per scale.
+    """(N, C, *(out + 2·halo)) -> (N, C·F, *out): raw, then per scale smoothed, |gradient|, LoG (and Hessian eigenvalues).
 
-    Derivatives are scale-normalised (× σ and × σ²), so one scale's features are
-    comparable to another's.  Kernels are buffers rebuilt from ``sigmas``, not
-    saved weights.
+    F = 1 + S·:func:`features_per_scale`.  Derivatives are scale-normalised
+    (× σ and × σ²), so one scale's features are comparable to another's.  The
+    Hessian eigenvalues are those of the axes filtered at that scale, in
+    descending order, zero-padded to one per spatial axis.  Kernels are buffers
+    rebuilt from ``sigmas``, not saved weights.
     """
 
-    def __init__(self, sigmas: Sequence[Sequence[float]], spatial_dims: int) -> None:
+    def __init__(self, sigmas: Sequence[Sequence[float]], spatial_dims: int, hessian: bool = False) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
+        self.hessian = hessian
         self.sigmas = tuple(tuple(float(v) for v in s) for s in sigmas)
         self.halo = filter_halo(self.sigmas, spatial_dims)
         for i, sigma in enumerate(self.sigmas):
@@ -100,7 +110,17 @@ class FilterBank(nn.Module):
 
     @property
     def features_per_channel(self) -> int:
-        return 1 + FEATURES_PER_SCALE * len(self.sigmas)
+        return 1 + features_per_scale(self.spatial_dims, self.hessian) * len(self.sigmas)
+
+    def level_mask(self, channels: int) -> np.ndarray:
+        """(C·F,) bool: features that follow the intensity level (raw, smoothed), not its derivatives.
+
+        A brightness shift moves these and leaves gradients, Laplacians and Hessians unchanged.
+        """
+        per_channel = np.zeros(self.features_per_channel, dtype=bool)
+        per_channel[0] = True
+        per_channel[1 :: features_per_scale(self.spatial_dims, self.hessian)] = True
+        return np.tile(per_channel, channels)
 
     def _along(self, x: torch.Tensor, kernels: torch.Tensor, axis: int) -> torch.Tensor:
         """Valid 1-D convolutions along spatial ``axis``: (M, 1, *s) -> (M, len(kernels), *s').
@@ -114,24 +134,31 @@ class FilterBank(nn.Module):
         return conv(x, kernels.reshape(shape).to(x.dtype))
 
     def _derivatives(self, x: torch.Tensor, index: int) -> dict[tuple[int, ...], torch.Tensor]:
-        """Smoothing, first and pure second Gaussian derivatives of (M, 1, *s) at scale ``index``, by order per axis."""
+        """Gaussian derivatives of (M, 1, *s) at scale ``index``, keyed by their order along each axis.
+
+        Orders up to 2 in all: with ``hessian`` every one (mixed too), else the
+        smoothing and the first and pure second derivatives.  Separable: each
+        axis convolves the maps of one total order so far in one batch.
+        """
         sigma = self.sigmas[index]
-        # Maps keyed by their derivative order along the axes filtered so far.
+        m = x.shape[0]
         maps: dict[tuple[int, ...], torch.Tensor] = {(): x}
         for axis in range(self.spatial_dims):
             if sigma[axis] == 0:  # not filtered: no smoothing, no derivative along this axis
                 maps = {key + (0,): value for key, value in maps.items()}
                 continue
             kernels = getattr(self, f"k{index}_{axis}")
-            smooth = (0,) * axis
-            # Only the map without any derivative yet may take one along this axis (orders 0, 1, 2).
-            out = self._along(maps[smooth], kernels, axis)
-            new = {smooth + (order,): out[:, order : order + 1] for order in range(3)}
-            differentiated = [key for key in maps if any(key)]
-            if differentiated:
-                m = x.shape[0]
-                out = self._along(torch.cat([maps[key] for key in differentiated]), kernels[:1], axis)
-                new.update({key + (0,): out[i * m : (i + 1) * m] for i, key in enumerate(differentiated)})
+            new: dict[tuple[int, ...], torch.Tensor] = {}
+            for done in range(3):
+                keys = [key for key in maps if sum(key) == done]
+                if not keys:
+                    continue
+                # Without the Hessian only a map not yet differentiated takes a derivative.
+                orders = 3 - done if self.hessian or done == 0 else 1
+                out = self._along(torch.cat([maps[key] for key in keys]), kernels[:orders], axis)
+                for i, key in enumerate(keys):
+                    for order in range(orders):
+                        new[key + (order,)] = out[i * m : (i + 1) * m, order : order + 1]
             maps = new
         return maps
 
@@ -147,35 +174,56 @@ class FilterBank(nn.Module):
             active = [a for a in range(dims) if sigma[a] > 0]
             smooth = maps[(0,) * dims]
             scale = max(sigma)
-            gradient = [maps[tuple(1 if b == a else 0 for b in range(dims))] for a in active]
-            laplace = [maps[tuple(2 if b == a else 0 for b in range(dims))] for a in active]
-            if gradient:
-                magnitude = torch.sqrt(sum(g * g for g in gradient) + 1e-12) * scale
-                log = sum(laplace) * scale**2
+            if active:
+                gradient = [maps[_order(dims, a)] for a in active]
+                features.append(smooth)
+                features.append(torch.sqrt(sum(g * g for g in gradient) + 1e-12) * scale)
+                features.append(sum(maps[_order(dims, a, a)] for a in active) * scale**2)
+                if self.hessian:
+                    hessian = [[maps[_order(dims, a, b)] * scale**2 for b in active] for a in active]
+                    eigenvalues = symmetric_eigenvalues(hessian)
+                    features += eigenvalues + [torch.zeros_like(smooth)] * (dims - len(eigenvalues))
             else:
-                magnitude = torch.zeros_like(smooth)
-                log = torch.zeros_like(smooth)
-            features += [smooth, magnitude, log]
+                features += [smooth] + [torch.zeros_like(smooth)] * (features_per_scale(dims, self.hessian) - 1)
         out = torch.cat(features, dim=1)
         assert list(out.shape[2:]) == out_shape, (out.shape, out_shape)
         # (N·C, F, *out) -> (N, C·F, *out), channel-major so channel c's features stay together.
         return out.reshape(n, c * out.shape[1], *out_shape)
 
 
+def _order(dims: int, *axes: int) -> tuple[int, ...]:
+    """Key of the derivative along ``axes`` (one entry per derivative): its order along each of ``dims`` axes."""
+    return tuple(sum(1 for a in axes if a == b) for b in range(dims))
+
+
+def symmetric_eigenvalues(matrix: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Eigenvalues, descending, of a field of symmetric 1×1, 2×2 or 3×3 matrices given as nested lists of maps.
+
+    Closed form (the trigonometric solution of the characteristic cubic for
+    3×3), elementwise on the maps: far faster than a batched LAPACK call per voxel.
+    """
+    n = len(matrix)
+    if n == 1:
+        return [matrix[0][0]]
+    if n == 2:
+        (a, b), (_, d) = matrix
+        mean = 0.5 * (a + d)
+        radius = torch.sqrt(0.25 * (a - d) ** 2 + b * b)
+        return [mean + radius, mean - radius]
+    (a, b, c), (_, d, e), (_, _, f) = matrix
+    q = (a + d + f) / 3
+    a0, d0, f0 = a - q, d - q, f - q
+    p = torch.sqrt(((a0 * a0 + d0 * d0 + f0 * f0) + 2 * (b * b + c * c + e * e)) / 6).clamp_min(1e-12)
+    determinant = a0 * (d0 * f0 - e * e) - b * (b * f0 - e * c) + c * (b * e - d0 * c)
+    phi = torch.acos((determinant / (2 * p**3)).clamp(-1.0, 1.0)) / 3
+    largest = q + 2 * p * torch.cos(phi)
+    smallest = q + 2 * p * torch.cos(phi + 2 * math.pi / 3)
+    return [largest, 3 * q - largest - smallest, smallest]
+
+
 def _crop(x: torch.Tensor, margins: Sequence[int]) -> torch.Tensor:
     index = [slice(None), slice(None)] + [slice(m, x.shape[2 + a] - m) for a, m in enumerate(margins)]
     return x[tuple(index)]
-
-
-def level_feature_mask(channels: int, scales: int) -> np.ndarray:
-    """(C·F,) bool: features that follow the intensity level (raw, smoothed), not its derivatives.
-
-    A brightness shift moves these and leaves gradients and Laplacians unchanged.
-    """
-    per_channel = np.zeros(1 + FEATURES_PER_SCALE * scales, dtype=bool)
-    per_channel[0] = True
-    per_channel[1::FEATURES_PER_SCALE] = True
-    return np.tile(per_channel, channels)
 
 
 @torch.no_grad()

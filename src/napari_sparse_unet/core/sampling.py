@@ -81,7 +81,7 @@ class PatchSampler:
             network's filter bank consumes them): images are (C, *(patch + 2·halo)).
         intensity_strength: scales the intensity augmentation (0 = none).
         level_mask: when the images are filter features, which of them follow the
-            intensity level (see :func:`.filters.level_feature_mask`).
+            intensity level (see :meth:`.filters.FilterBank.level_mask`).
     """
 
     def __init__(

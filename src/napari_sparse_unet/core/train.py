@@ -28,7 +28,7 @@ from .generators import run_to_end
 from .metrics import dice_per_class, mean_dice
 from .rules import check_network_size, check_spacing, check_training_pair, finetune_problem, painted_values
 from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
-from .filters import FEATURES_PER_SCALE, FilterBank, axis_sigmas, filter_volume, level_feature_mask
+from .filters import FilterBank, axis_sigmas, filter_volume, features_per_scale
 from .losses import class_weights_from_counts, masked_cross_entropy, sparse_segmentation_loss
 from .model import build_model, choose_patch_size, plan_network
 from .sampling import PatchSampler, TrainingVolume, crop_with_padding
@@ -183,6 +183,7 @@ class Trainer:
                     int(round(config.base_channels * config.channel_growth**level)) for level in range(config.depth + 1)
                 ),
                 voxel_head=config.voxel_head if config.filter_scales else 0,
+                filter_hessian=config.filter_hessian,
             )
             default_names = ["background"] + [f"class {v}" for v in self.class_values[1:]]
             self.class_names = tuple(class_names) if class_names is not None else tuple(default_names)
@@ -193,7 +194,9 @@ class Trainer:
         targets = [annotation_to_target(a, self.class_values).astype(np.int16) for a in annotations]
         self._validation = self._hold_out(images_cf, targets) if config.validation else None
         self._features = feature_bank_fits(self.model_config, images_cf)
-        bank = FilterBank(self.model_config.filter_sigmas, dims) if self.model_config.filter_sigmas else None
+        sigmas, hessian = self.model_config.filter_sigmas, self.model_config.filter_hessian
+        bank = FilterBank(sigmas, dims, hessian) if sigmas else None
+        self._bank = bank  # its level mask tells the sampler which features a brightness shift moves
         raw_images = images_cf
         if self._features:
             images_cf = [filter_volume(bank, self.normalization.apply(image)) for image in images_cf]
@@ -327,7 +330,7 @@ class Trainer:
             spacing=self.spacing,
             halo=(0,) * self.model_config.spatial_dims if self._features else self.model_config.input_halo,
             intensity_strength=config.intensity_augment,
-            level_mask=level_feature_mask(self.model_config.in_channels, len(self.model_config.filter_sigmas)) if self._features else None,
+            level_mask=self._bank.level_mask(self.model_config.in_channels) if self._features and self._bank else None,
         )
         weights = torch.from_numpy(class_weights_from_counts(sampler.class_counts, config.max_class_weight)).to(device)
         voxel_batches = self._voxel_batches(network, device, weights)
@@ -474,7 +477,8 @@ def feature_bank_fits(model_config: ModelConfig, images_cf: Sequence[Any]) -> bo
     """
     if not model_config.filter_sigmas:
         return False
-    per_voxel = 2 * model_config.in_channels * (1 + FEATURES_PER_SCALE * len(model_config.filter_sigmas))
+    per_scale = features_per_scale(model_config.spatial_dims, model_config.filter_hessian)
+    per_voxel = 2 * model_config.in_channels * (1 + per_scale * len(model_config.filter_sigmas))
     voxels = sum(int(np.prod(image.shape[1:])) for image in images_cf)
     return voxels * per_voxel <= FEATURE_MEMORY_BYTES
 

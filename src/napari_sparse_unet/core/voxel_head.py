@@ -2,15 +2,15 @@
 
 A random forest learns from all the painted voxels at once; a U-Net step sees
 the few painted planes of two patches.  The voxel head closes that gap: a small
-MLP on each voxel's filter features (raw, smoothed, gradient magnitude and LoG
-at several scales), next to the U-Net.  Training draws a large batch of painted
+MLP on each voxel's filter features (raw, smoothed, gradient magnitude, LoG and
+Hessian eigenvalues at several scales), next to the U-Net.  Training draws a large batch of painted
 voxels every step for it (thousands of voxels for the price of a few
 milliseconds), so within seconds the model is as good as a per-voxel
 classifier, while the U-Net learns the context that one voxel's features
 cannot tell.  Prediction multiplies the two experts' probabilities.
 
-Feature rows are (M, F) float32, F = C·(1 + 3·scales), channel-major as
-:class:`~.filters.FilterBank` gives them; maps are (N, F, *spatial).
+Feature rows are (M, F) float32, F = C · ``FilterBank.features_per_channel``,
+channel-major as :class:`~.filters.FilterBank` gives them; maps are (N, F, *spatial).
 """
 
 from __future__ import annotations
