@@ -28,7 +28,7 @@ from .generators import run_to_end
 from .metrics import dice_per_class, mean_dice
 from .rules import check_network_size, check_spacing, check_training_pair, finetune_problem, painted_values
 from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
-from .filters import FilterBank, axis_sigmas, filter_volume, features_per_scale
+from .filters import FilterBank, axis_sigmas, filter_volume
 from .losses import class_weights_from_counts, masked_cross_entropy, sparse_segmentation_loss
 from .model import build_model, choose_patch_size, plan_network
 from .sampling import PatchSampler, TrainingVolume, crop_with_padding
@@ -193,10 +193,11 @@ class Trainer:
         self.patch_size = training_patch_size(config, self.model_config, annotations, self.spacing)
         targets = [annotation_to_target(a, self.class_values).astype(np.int16) for a in annotations]
         self._validation = self._hold_out(images_cf, targets) if config.validation else None
-        self._features = feature_bank_fits(self.model_config, images_cf)
         sigmas, hessian = self.model_config.filter_sigmas, self.model_config.filter_hessian
         bank = FilterBank(sigmas, dims, hessian) if sigmas else None
-        self._bank = bank  # its level mask tells the sampler which features a brightness shift moves
+        self._features = bank is not None and feature_bank_fits(bank, self.model_config.in_channels, images_cf)
+        # Which features a brightness shift moves, for the sampler's intensity augmentation of features.
+        self._level_mask = bank.level_mask(self.model_config.in_channels) if bank is not None and self._features else None
         raw_images = images_cf
         if self._features:
             images_cf = [filter_volume(bank, self.normalization.apply(image)) for image in images_cf]
@@ -330,7 +331,7 @@ class Trainer:
             spacing=self.spacing,
             halo=(0,) * self.model_config.spatial_dims if self._features else self.model_config.input_halo,
             intensity_strength=config.intensity_augment,
-            level_mask=self._bank.level_mask(self.model_config.in_channels) if self._features and self._bank else None,
+            level_mask=self._level_mask,
         )
         weights = torch.from_numpy(class_weights_from_counts(sampler.class_counts, config.max_class_weight)).to(device)
         voxel_batches = self._voxel_batches(network, device, weights)
@@ -469,16 +470,13 @@ def _parameter_groups(network: torch.nn.Module) -> list[dict[str, Any]]:
     return groups
 
 
-def feature_bank_fits(model_config: ModelConfig, images_cf: Sequence[Any]) -> bool:
+def feature_bank_fits(bank: FilterBank, channels: int, images_cf: Sequence[Any]) -> bool:
     """Whether the filter features of every training image fit in memory, computed once.
 
     Then each step reads features instead of filtering a haloed patch again;
     otherwise patches carry the halo and the network filters them itself.
     """
-    if not model_config.filter_sigmas:
-        return False
-    per_scale = features_per_scale(model_config.spatial_dims, model_config.filter_hessian)
-    per_voxel = 2 * model_config.in_channels * (1 + per_scale * len(model_config.filter_sigmas))
+    per_voxel = 2 * channels * bank.features_per_channel  # float16
     voxels = sum(int(np.prod(image.shape[1:])) for image in images_cf)
     return voxels * per_voxel <= FEATURE_MEMORY_BYTES
 
