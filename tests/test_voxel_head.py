@@ -34,3 +34,22 @@ def test_fit_bins_with_classes_encodes_monotonically_within_the_range() -> None:
     assert head.encode(high).reshape(8, 3)[:, 0].sum() == 8
     # More of feature 0's edges lie above 1.5 than plain quantiles would give (1 in 8 at most).
     assert int((head.lower[:, 0] > 1.5).sum()) >= 3
+
+
+def test_the_model_output_is_the_product_of_its_two_experts() -> None:
+    from napari_sparse_unet.core.config import ModelConfig
+    from napari_sparse_unet.core.model import build_model
+
+    config = ModelConfig(3, 1, 3, ((1, 2, 2),), base_channels=4, filter_sigmas=((0.0, 1.0, 1.0),), voxel_head=8)
+    network = build_model(config).eval()
+    torch.manual_seed(0)
+    features = network.filters(torch.randn(1, 1, 2 + 2 * network.input_halo[0], 8 + 2 * network.input_halo[1], 8 + 2 * network.input_halo[2]))
+    with torch.no_grad():
+        unet, voxel = network.experts(features)
+        combined = network.classify(features)
+    assert voxel is not None and unet.shape == voxel.shape == combined.shape
+    expected = torch.log_softmax(unet, 1) + torch.log_softmax(voxel, 1)
+    assert torch.allclose(combined, expected, atol=1e-5)
+    assert not torch.allclose(combined, torch.log_softmax(unet, 1), atol=1e-3)  # the head counts
+    network.train()
+    assert network.experts(features)[1] is None  # training: each expert on its own loss

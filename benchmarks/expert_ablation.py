@@ -1,0 +1,183 @@
+"""The two experts apart: Dice of the U-Net alone, the voxel head alone and their product.
+
+The engine's model multiplies two experts' probabilities (``UNet.classify``); this
+benchmark trains it as ``sparse_accuracy.py`` does (CPU preset, ``--budget`` s, k
+z-slices, or the unseen half with ``--auto``), with any preset field overridden by
+``--set``, predicts the volume once with both experts' probabilities, and scores
+``head + alpha * unet`` log-probabilities for several alpha (0 = the voxel head alone,
+1 = the shipped product, ``inf`` = the U-Net alone).  It is the tool for choosing
+filter scales and the experts' weighting; every run appends one line to
+``results/expert_ablation.jsonl`` and the RESULTS.md section is rebuilt from all lines.
+
+    python benchmarks/expert_ablation.py --volumes em ct --k 5
+    python benchmarks/expert_ablation.py --volumes em --k 5 --set 'filter_scales=[0.7,1,1.6,3.5,5]'
+    python benchmarks/expert_ablation.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without installing
+
+import _protocol as protocol  # noqa: E402
+from _report import machine_summary, write_section  # noqa: E402
+
+RESULTS_FILE = HERE / "results" / "expert_ablation.jsonl"
+SECTION = "expert-ablation"
+VOLUMES = {"em": "isbi2012_em", "ct": "totalseg_ct", "ovule": "plantseg_ovule", "mri": "brats_mri_dev"}
+ALPHAS = (0.0, 0.5, 1.0, 1.5, float("inf"))
+
+
+def both_experts(network):
+    """A module mapping an image tile to both experts' log-probabilities, (N, 2K, *s): U-Net first, then the head."""
+    import torch
+
+    class BothExperts(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            unet, voxel = self.network.experts(self.network.filters(x))
+            return torch.cat([torch.log_softmax(unet.float(), 1), torch.log_softmax(voxel.float(), 1)], 1)
+
+    return BothExperts().eval()
+
+
+def run(volume_name: str, args) -> dict:
+    import torch
+
+    from napari_sparse_unet.core.config import PRESETS, PredictConfig
+    from napari_sparse_unet.core.generators import run_to_end
+    from napari_sparse_unet.core.predict import model_window, plan_prediction, sliding_window_predict
+    from napari_sparse_unet.core.rules import image_for_model
+    from napari_sparse_unet.core.train import Trainer
+
+    volume = protocol.load_volume(volume_name)
+    image, labels = volume.image, volume.labels
+    if args.auto:
+        axis = protocol.split_axis(labels.shape)
+        train_image, predict_image = protocol.halves(image, axis)
+        train_labels, truth = protocol.halves(labels, axis)
+    else:
+        train_image = predict_image = image
+        train_labels = truth = labels
+    annotation = protocol.sparse_annotation(train_labels, protocol.make_plan(train_labels.shape, (args.k, 0, 0)))
+    mask = None if args.auto else protocol.unannotated(annotation)
+    config = dataclasses.replace(PRESETS["cpu"], max_time=float(args.budget), seed=args.seed,
+                                 num_threads=args.threads, **args.overrides)
+    load = os.getloadavg()
+    start = time.perf_counter()
+    trainer = Trainer(images=[train_image], annotations=[annotation], config=config, spacing=volume.spacing)
+    model = run_to_end(trainer.run())
+    train_seconds = time.perf_counter() - start
+    if model.network.voxel_head is None:
+        raise SystemExit("this model has no voxel head: nothing to take apart")
+
+    k = model.num_classes
+    image_cf = image_for_model(predict_image, 3, int(model.in_channels))
+    spatial = tuple(image_cf.shape[1:])
+    window = model_window(model, PredictConfig())
+    # The predictor's softmax over 2K log-probabilities gives each expert's probabilities halved.
+    window.update(predictor=_predictor(both_experts(model.network), window["device"]), num_classes=2 * k, lut=None)
+    probabilities = np.zeros((2 * k, *spatial), np.float32)
+    tile, overlap = plan_prediction(model, spatial, PredictConfig())
+    start = time.perf_counter()
+    run_to_end(sliding_window_predict(image_cf=image_cf, tile_size=tile, overlap=overlap,
+                                      labels_out=np.zeros(spatial, np.uint8), probabilities_out=probabilities, **window))
+    predict_seconds = time.perf_counter() - start
+    log_unet = np.log(np.maximum(probabilities[:k], 1e-8))
+    log_head = np.log(np.maximum(probabilities[k:], 1e-8))
+    to_truth = np.asarray(model.class_values) - 1  # network class -> ground-truth class
+    scores = {}
+    for alpha in ALPHAS:
+        combined = log_unet if alpha == float("inf") else log_head + alpha * log_unet
+        score = protocol.score(truth, to_truth[combined.argmax(0)], volume.num_classes, mask)
+        scores[str(alpha)] = score.to_dict()
+    return {
+        "volume": volume_name, "setting": "auto" if args.auto else "semi", "k": args.k, "budget": args.budget,
+        "set": {key: list(v) if isinstance(v, tuple) else v for key, v in args.overrides.items()}, "seed": args.seed,
+        "steps": trainer._history.get("steps"), "train_seconds": round(train_seconds, 1),
+        "predict_seconds": round(predict_seconds, 1), "threads": torch.get_num_threads(),
+        "load_before": [round(v, 2) for v in load], "load_after": [round(v, 2) for v in os.getloadavg()],
+        "machine": machine_summary(), "scores": scores,
+    }
+
+
+def _predictor(module, device):
+    import torch
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.softmax(module(x.to(device=device, dtype=torch.float32)), dim=1)
+
+    return predictor
+
+
+def report(records: list[dict]) -> str:
+    lines = [
+        "## The two experts apart (`benchmarks/expert_ablation.py`)",
+        "",
+        "Mean foreground Dice on the scored voxels (unpainted ones; all of the unseen half for `auto`) of the voxel "
+        "head alone (alpha = 0), the shipped product of the two experts (alpha = 1) and the U-Net alone, from one "
+        "prediction pass giving both experts' probabilities (float32). CPU preset plus the overrides shown, "
+        "one run per line.",
+        "",
+        "| volume | setting | overrides | seed | steps | head alone | x 0.5 | product | x 1.5 | U-Net alone | load | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        dice = [r["scores"][str(a)]["mean_fg_dice"] for a in ALPHAS]
+        cells = ["–" if d is None else f"{d:.3f}" for d in dice]
+        setting = "unseen half" if r["setting"] == "auto" else f"k = {r['k']} z"
+        overrides = ", ".join(f"{k}={v}" for k, v in r["set"].items()) or "(defaults)"
+        load = f"{r['load_before'][0]:.1f} / {r['load_after'][0]:.1f}"
+        lines.append(f"| {r['volume']} | {setting} | {overrides} | {r['seed']} | {r['steps']} | " + " | ".join(cells)
+                     + f" | {load} | {r['machine'].split(',')[0]}, {r['threads']} threads |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--volumes", nargs="+", default=list(VOLUMES), help=f"aliases {list(VOLUMES)} or folder names")
+    p.add_argument("--k", type=int, default=5, help="painted z-slices")
+    p.add_argument("--auto", action="store_true", help="paint k z-slices of the first half, score the unseen half")
+    p.add_argument("--budget", type=float, default=180.0, help="training seconds")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override a TrainConfig field")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args(argv)
+    args.overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        value = json.loads(value)
+        args.overrides[key] = tuple(value) if isinstance(value, list) else value
+    if not args.report_only:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        for name in args.volumes:
+            record = run(VOLUMES.get(name, name), args)
+            with RESULTS_FILE.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(json.dumps({k: record[k] for k in ("volume", "setting", "k", "set", "steps")}
+                             | {a: record["scores"][a]["mean_fg_dice"] for a in record["scores"]}), flush=True)
+    records = [json.loads(line) for line in RESULTS_FILE.read_text().splitlines() if line.strip()] if RESULTS_FILE.exists() else []
+    write_section(SECTION, report(records))
+
+
+if __name__ == "__main__":
+    main()
