@@ -161,6 +161,20 @@ def halves(array: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return array[tuple(first)], array[tuple(second)]
 
 
+def train_and_predict_parts(image: np.ndarray, labels: np.ndarray, unseen_half: bool):
+    """(train image, predict image, train labels, truth, split axis) of a setting.
+
+    Semi-automated (``unseen_half`` False): one volume for all four, axis None.
+    Fully automated: the first half along :func:`split_axis` to train on, the second to predict and score.
+    """
+    if not unseen_half:
+        return image, image, labels, labels, None
+    axis = split_axis(labels.shape)
+    train_image, predict_image = halves(image, axis)
+    train_labels, truth = halves(labels, axis)
+    return train_image, predict_image, train_labels, truth, axis
+
+
 def confusion(truth: np.ndarray, prediction: np.ndarray, num_classes: int, mask: np.ndarray | None = None) -> np.ndarray:
     """(K, K) counts, rows = truth, columns = prediction, over ``mask`` (all voxels if None)."""
     if truth.shape != prediction.shape:

@@ -32,10 +32,12 @@ sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without inst
 
 import _protocol as protocol  # noqa: E402
 from _report import machine_summary, write_section  # noqa: E402
+from sparse_accuracy import VOLUMES as ACCURACY_VOLUMES  # noqa: E402
 
 RESULTS_FILE = HERE / "results" / "expert_ablation.jsonl"
 SECTION = "expert-ablation"
-VOLUMES = {"em": "isbi2012_em", "ct": "totalseg_ct", "ovule": "plantseg_ovule", "mri": "brats_mri_dev"}
+# alias -> folder name, as sparse_accuracy.py names them
+VOLUMES = {alias: name for name, (alias, _, _) in ACCURACY_VOLUMES.items()}
 ALPHAS = (0.0, 0.5, 1.0, 1.5, float("inf"))
 
 
@@ -46,10 +48,10 @@ def both_experts(network):
     class BothExperts(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.network = network
+            self.unet = network  # not `network`: make_predictor would unwrap to it
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            unet, voxel = self.network.experts(self.network.filters(x))
+            unet, voxel = self.unet.experts(self.unet.filters(x))
             return torch.cat([torch.log_softmax(unet.float(), 1), torch.log_softmax(voxel.float(), 1)], 1)
 
     return BothExperts().eval()
@@ -60,19 +62,13 @@ def run(volume_name: str, args) -> dict:
 
     from napari_sparse_unet.core.config import PRESETS, PredictConfig
     from napari_sparse_unet.core.generators import run_to_end
-    from napari_sparse_unet.core.predict import model_window, plan_prediction, sliding_window_predict
+    from napari_sparse_unet.core.predict import make_predictor, model_window, plan_prediction, sliding_window_predict
     from napari_sparse_unet.core.rules import image_for_model
     from napari_sparse_unet.core.train import Trainer
 
     volume = protocol.load_volume(volume_name)
-    image, labels = volume.image, volume.labels
-    if args.auto:
-        axis = protocol.split_axis(labels.shape)
-        train_image, predict_image = protocol.halves(image, axis)
-        train_labels, truth = protocol.halves(labels, axis)
-    else:
-        train_image = predict_image = image
-        train_labels = truth = labels
+    train_image, predict_image, train_labels, truth, _ = protocol.train_and_predict_parts(
+        volume.image, volume.labels, args.auto)
     annotation = protocol.sparse_annotation(train_labels, protocol.make_plan(train_labels.shape, (args.k, 0, 0)))
     mask = None if args.auto else protocol.unannotated(annotation)
     config = dataclasses.replace(PRESETS["cpu"], max_time=float(args.budget), seed=args.seed,
@@ -86,11 +82,12 @@ def run(volume_name: str, args) -> dict:
         raise SystemExit("this model has no voxel head: nothing to take apart")
 
     k = model.num_classes
-    image_cf = image_for_model(predict_image, 3, int(model.in_channels))
+    image_cf = image_for_model(predict_image, int(model.spatial_dims), int(model.in_channels))
     spatial = tuple(image_cf.shape[1:])
     window = model_window(model, PredictConfig())
     # The predictor's softmax over 2K log-probabilities gives each expert's probabilities halved.
-    window.update(predictor=_predictor(both_experts(model.network), window["device"]), num_classes=2 * k, lut=None)
+    predictor = make_predictor(both_experts(model.network), window["device"], mixed_precision=False)
+    window.update(predictor=predictor, num_classes=2 * k, lut=None)
     probabilities = np.zeros((2 * k, *spatial), np.float32)
     tile, overlap = plan_prediction(model, spatial, PredictConfig())
     start = time.perf_counter()
@@ -113,16 +110,6 @@ def run(volume_name: str, args) -> dict:
         "load_before": [round(v, 2) for v in load], "load_after": [round(v, 2) for v in os.getloadavg()],
         "machine": machine_summary(), "scores": scores,
     }
-
-
-def _predictor(module, device):
-    import torch
-
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.softmax(module(x.to(device=device, dtype=torch.float32)), dim=1)
-
-    return predictor
 
 
 def report(records: list[dict]) -> str:

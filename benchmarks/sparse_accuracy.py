@@ -162,15 +162,9 @@ def run_unet(train_image, annotation, predict_image, spacing, args, checkpoints=
 
 
 def run_spec(spec: Spec, volume: protocol.Volume, args) -> dict:
-    labels, image = volume.labels, volume.image
-    if spec.setting == "auto":
-        axis = protocol.split_axis(labels.shape)
-        train_image, predict_image = protocol.halves(image, axis)
-        train_labels, truth = protocol.halves(labels, axis)
-    else:
-        axis = None
-        train_image = predict_image = image
-        train_labels = truth = labels
+    labels = volume.labels
+    train_image, predict_image, train_labels, truth, axis = protocol.train_and_predict_parts(
+        volume.image, labels, spec.setting == "auto")
     if spec.per_axis is None:
         plan = {}
         annotation = protocol.dense_annotation(train_labels)

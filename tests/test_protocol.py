@@ -175,3 +175,15 @@ def test_real_volume_annotation_fraction() -> None:
     annotation = protocol.sparse_annotation(volume.labels, protocol.make_plan(volume.labels.shape, (5, 0, 0)))
     assert (annotation > 0).mean() == pytest.approx(5 / 32)
     assert set(np.unique(annotation)) == {0, 1, 2}
+
+
+def test_train_and_predict_parts_of_both_settings() -> None:
+    image = np.arange(2 * 4 * 6 * 5, dtype=np.float32).reshape(2, 4, 6, 5)  # (C, Z, Y, X)
+    labels = np.arange(4 * 6 * 5).reshape(4, 6, 5)
+    train_image, predict_image, train_labels, truth, axis = protocol.train_and_predict_parts(image, labels, False)
+    assert train_image is image and predict_image is image and train_labels is labels and truth is labels and axis is None
+    train_image, predict_image, train_labels, truth, axis = protocol.train_and_predict_parts(image, labels, True)
+    assert axis == 1  # Y, the longest
+    assert train_image.shape == predict_image.shape == (2, 4, 3, 5) and train_labels.shape == truth.shape == (4, 3, 5)
+    np.testing.assert_array_equal(truth, labels[:, 3:])
+    np.testing.assert_array_equal(predict_image, image[:, :, 3:])
