@@ -39,9 +39,9 @@ def trained(tmp_path_factory) -> dict:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("bioimageio")
     image, _, annotation = _tiny_pair()
-    # Filter scales that leave the tiny volume bigger than the halo (the default σ 20 reads 60 voxels beyond a tile).
+    # Filter scales that leave the tiny volume bigger than the halo (the default context σ 20 reads 60 voxels beyond a tile).
     config = TrainConfig(max_steps=3, patch_size=(8, 16, 16), batch_size=2, base_channels=4, depth=2, device="cpu",
-                         filter_scales=(1.0, 2.5))
+                         filter_scales=(1.0, 2.5), context_scales=())
     model = train([image], [annotation], config, spacing=(2.0, 1.0, 1.0), class_names=["background", "ball", "box"])
     model.save(folder / "model.pt")
     io.write_volume(folder / "image.tif", image, spacing=(2.0, 1.0, 1.0))

@@ -72,3 +72,30 @@ def test_bank_without_hessian_keeps_the_old_layout() -> None:
     bank = FilterBank([(1.0, 1.0, 1.0)], 3)
     assert bank.features_per_channel == 4
     assert bank(torch.rand(1, 1, 10, 10, 10)).shape == (1, 4, 4, 4, 4)
+
+
+def test_context_scales_add_only_the_smoothed_intensity() -> None:
+    # A context scale gives what a full scale at that σ gives as its smoothed feature, nothing else.
+    sigma = (1.0, 3.0, 3.0)
+    full = FilterBank([(1.0, 1.0, 1.0), sigma], 3, hessian=True)
+    lean = FilterBank([(1.0, 1.0, 1.0)], 3, hessian=True, context=[sigma])
+    assert lean.halo == full.halo
+    assert lean.features_per_channel == 1 + features_per_scale(3, True) + 1
+    image = torch.rand(1, 2, 16, 24, 24)
+    got, expected = lean(image)[0], full(image)[0]
+    per = features_per_scale(3, True)
+    for channel in range(2):
+        lean_at, full_at = channel * lean.features_per_channel, channel * full.features_per_channel
+        torch.testing.assert_close(got[lean_at : lean_at + 1 + per], expected[full_at : full_at + 1 + per])
+        torch.testing.assert_close(got[lean_at + 1 + per], expected[full_at + 1 + per], atol=1e-5, rtol=1e-5)
+    # Smoothed intensities follow a brightness shift: the augmentation moves them.
+    assert lean.level_mask(1).tolist() == [True, True] + [False] * (per - 1) + [True]
+
+
+def test_checkpoint_settings_without_context_scales_still_load() -> None:
+    from napari_sparse_unet.core.config import ModelConfig
+
+    old = ModelConfig(3, 1, 2, ((1, 2, 2),), filter_sigmas=((1.0, 1.0, 1.0),)).to_dict()
+    del old["context_sigmas"]
+    config = ModelConfig.from_dict(old)
+    assert config.context_sigmas == () and config.filter_bank().features_per_channel == 4

@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import ConfigError
 from .rules import check_device_name
+
+if TYPE_CHECKING:
+    from .filters import FilterBank
 
 Norm = Literal["instance", "batch"]
 Device = Literal["auto", "cpu", "cuda", "mps"]  # rules.DEVICE_NAMES, spelled out for type checkers
@@ -48,8 +51,9 @@ class ModelConfig:
     product of the factors along each axis (:meth:`size_multiple`).
 
     ``filter_hessian`` adds the Hessian eigenvalues to the filter bank's
-    features (:class:`.filters.FilterBank`); checkpoints from before it was
-    an option load without it.
+    features (:class:`.filters.FilterBank`) and ``context_sigmas`` its
+    smoothing-only scales; checkpoints from before either was an option load
+    without them.
 
     ``voxel_head`` is the hidden width of a per-voxel classifier on the filter
     features whose probabilities multiply the U-Net's (:mod:`.voxel_head`); 0: none.
@@ -66,6 +70,7 @@ class ModelConfig:
     widths: tuple[int, ...] | None = None
     voxel_head: int = 0
     filter_hessian: bool = False
+    context_sigmas: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.spatial_dims in (2, 3), f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
@@ -93,12 +98,15 @@ class ModelConfig:
             widths = tuple(int(w) for w in self.widths)
             _check(len(widths) == len(factors) + 1 and min(widths) >= 1, f"widths must hold {len(factors) + 1} positive channel counts, got {self.widths!r}")
             object.__setattr__(self, "widths", widths)
-        sigmas = tuple(tuple(float(v) for v in level) for level in self.filter_sigmas)
-        _check(
-            all(len(level) == self.spatial_dims and all(v >= 0 for v in level) for level in sigmas),
-            f"filter_sigmas must hold {self.spatial_dims} non-negative values per scale, got {self.filter_sigmas!r}",
-        )
-        object.__setattr__(self, "filter_sigmas", sigmas)
+        for name in ("filter_sigmas", "context_sigmas"):
+            sigmas = tuple(tuple(float(v) for v in level) for level in getattr(self, name))
+            _check(
+                all(len(level) == self.spatial_dims and all(v >= 0 for v in level) for level in sigmas),
+                f"{name} must hold {self.spatial_dims} non-negative values per scale, got {getattr(self, name)!r}",
+            )
+            object.__setattr__(self, name, sigmas)
+        sigmas = self.filter_sigmas
+        _check(not self.context_sigmas or bool(sigmas), "context_sigmas need the filter bank (filter_sigmas)")
         _check(self.voxel_head >= 0, f"voxel_head must be >= 0, got {self.voxel_head}")
         _check(not self.voxel_head or bool(sigmas), "a voxel_head needs the filter bank (filter_sigmas)")
 
@@ -107,7 +115,15 @@ class ModelConfig:
         """Voxels of context the network reads beyond its output on each side, per axis (the filter bank's)."""
         from .filters import filter_halo
 
-        return filter_halo(self.filter_sigmas, self.spatial_dims)
+        return filter_halo(self.filter_sigmas + self.context_sigmas, self.spatial_dims)
+
+    def filter_bank(self) -> "FilterBank | None":
+        """The fixed filter bank these settings describe; None without one."""
+        from .filters import FilterBank
+
+        if not self.filter_sigmas:
+            return None
+        return FilterBank(self.filter_sigmas, self.spatial_dims, self.filter_hessian, self.context_sigmas)
 
     @property
     def depth(self) -> int:
@@ -140,7 +156,8 @@ class ModelConfig:
         if data.get("conv_kernels") is not None:
             data["conv_kernels"] = tuple(tuple(level) for level in data["conv_kernels"])
         # Models saved before the filter bank existed have none.
-        data["filter_sigmas"] = tuple(tuple(level) for level in data.get("filter_sigmas", ()))
+        for name in ("filter_sigmas", "context_sigmas"):
+            data[name] = tuple(tuple(level) for level in data.get(name, ()))
         if data.get("widths") is not None:
             data["widths"] = tuple(data["widths"])
         return cls(**data)
@@ -163,6 +180,12 @@ class TrainConfig:
       network's first layer, the head start a random forest gets from its
       features; ``()`` turns it off.  ``filter_hessian`` adds the Hessian
       eigenvalues at each scale (ridge, sheet and blob shape, as ilastik's).
+      ``context_scales``: wider σ with the smoothed intensity only.  The
+      forest's fine scales (0.7-5) plus smoothing at 10 and 20 against all
+      features at σ 1-20 (180 s, k = 5 along z): EM 0.727 -> 0.762, where the
+      wide derivatives misled both experts on thin membranes; CT 0.820 ->
+      0.720, whose organs of alike density the wide derivatives told apart
+      (fine scales alone: 0.645; the forest: 0.662).
     * ``equalize``: histogram-equalised intensities, so classes that differ by a
       few per cent of the range (CT organs) are far apart in the input.
     * ``norm="batch"`` with ``recalibrate_norm``: statistics shared by every
@@ -198,8 +221,9 @@ class TrainConfig:
     top_kernel: TopKernel = "point"
     norm: Norm = "batch"
     recalibrate_norm: bool = True
-    filter_scales: tuple[float, ...] = (1.0, 2.5, 5.0, 10.0, 20.0)
+    filter_scales: tuple[float, ...] = (0.7, 1.0, 1.6, 3.5, 5.0)
     filter_hessian: bool = True
+    context_scales: tuple[float, ...] = (10.0, 20.0)
     equalize: bool = True
     plane_patch_depth: int = 8
     voxel_head: int = 64
@@ -234,6 +258,8 @@ class TrainConfig:
         _check(self.norm in ("instance", "batch"), f"norm must be 'instance' or 'batch', got {self.norm!r}")
         object.__setattr__(self, "filter_scales", tuple(float(v) for v in self.filter_scales))
         _check(all(v > 0 for v in self.filter_scales), f"filter_scales must be > 0, got {self.filter_scales!r}")
+        object.__setattr__(self, "context_scales", tuple(float(v) for v in self.context_scales))
+        _check(all(v > 0 for v in self.context_scales), f"context_scales must be > 0, got {self.context_scales!r}")
         _check(self.top_kernel in ("full", "planar", "point"), f"top_kernel must be 'full', 'planar' or 'point', got {self.top_kernel!r}")
         _check(self.channel_growth is None or self.channel_growth >= 1, f"channel_growth must be >= 1, got {self.channel_growth}")
         _check(self.plane_patch_depth >= 0, f"plane_patch_depth must be >= 0, got {self.plane_patch_depth}")

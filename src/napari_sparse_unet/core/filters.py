@@ -6,8 +6,11 @@ The U-Net gets the same head start: its input is the raw intensity plus, per
 channel and scale σ, the Gaussian-smoothed intensity, the gradient magnitude,
 the Laplacian of Gaussian and (with ``hessian``) the eigenvalues of the
 Hessian of Gaussian, which tell ridges, sheets and blobs apart whatever their
-orientation.  The filters are fixed (nothing to learn) and reach far beyond a
-thin training patch, so they give z-context cheaply.
+orientation.  *Context* scales add the smoothed intensity alone at wide σ:
+where in the body or tissue a voxel lies (CT organs of alike density) without
+the wide derivatives, whose shapes of far-off structures misled the classifiers
+on thin ones (EM membranes).  The filters are fixed (nothing to learn) and
+reach far beyond a thin training patch, so they give z-context cheaply.
 
 The filters are *valid* convolutions: the input carries a halo of
 :attr:`FilterBank.halo` voxels per side that the output no longer has.  Training
@@ -89,28 +92,38 @@ def gaussian_kernels(sigma: float) -> np.ndarray:
 
 
 class FilterBank(nn.Module):
-    """(N, C, *(out + 2·halo)) -> (N, C·F, *out): raw, then per scale smoothed, |gradient|, LoG (and Hessian eigenvalues).
+    """(N, C, *(out + 2·halo)) -> (N, C·F, *out): raw, per scale smoothed, |gradient|, LoG (and Hessian eigenvalues), then per context scale smoothed.
 
-    F = 1 + S·:func:`features_per_scale`.  Derivatives are scale-normalised
+    F = 1 + S·:func:`features_per_scale` + len(``context``).  Derivatives are scale-normalised
     (× σ and × σ²), so one scale's features are comparable to another's.  The
     Hessian eigenvalues are those of the axes filtered at that scale, in
     descending order, zero-padded to one per spatial axis.  Kernels are buffers
     rebuilt from ``sigmas``, not saved weights.
     """
 
-    def __init__(self, sigmas: Sequence[Sequence[float]], spatial_dims: int, hessian: bool = False) -> None:
+    def __init__(
+        self,
+        sigmas: Sequence[Sequence[float]],
+        spatial_dims: int,
+        hessian: bool = False,
+        context: Sequence[Sequence[float]] = (),
+    ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
         self.hessian = hessian
         self.sigmas = tuple(tuple(float(v) for v in s) for s in sigmas)
-        self.halo = filter_halo(self.sigmas, spatial_dims)
+        self.context = tuple(tuple(float(v) for v in s) for s in context)
+        self.halo = filter_halo(self.sigmas + self.context, spatial_dims)
         for i, sigma in enumerate(self.sigmas):
             for axis, s in enumerate(sigma):
                 self.register_buffer(f"k{i}_{axis}", torch.from_numpy(gaussian_kernels(s)).float(), persistent=False)
+        for i, sigma in enumerate(self.context):
+            for axis, s in enumerate(sigma):
+                self.register_buffer(f"c{i}_{axis}", torch.from_numpy(gaussian_kernels(s)[:1]).float(), persistent=False)
 
     @property
     def features_per_channel(self) -> int:
-        return 1 + features_per_scale(self.spatial_dims, self.hessian) * len(self.sigmas)
+        return 1 + features_per_scale(self.spatial_dims, self.hessian) * len(self.sigmas) + len(self.context)
 
     def level_mask(self, channels: int) -> np.ndarray:
         """(C·F,) bool: features that follow the intensity level (raw, smoothed), not its derivatives.
@@ -119,7 +132,9 @@ class FilterBank(nn.Module):
         """
         per_channel = np.zeros(self.features_per_channel, dtype=bool)
         per_channel[0] = True
-        per_channel[1 :: features_per_scale(self.spatial_dims, self.hessian)] = True
+        scaled = features_per_scale(self.spatial_dims, self.hessian) * len(self.sigmas)
+        per_channel[1 : 1 + scaled : features_per_scale(self.spatial_dims, self.hessian)] = True
+        per_channel[1 + scaled :] = True  # context: smoothed intensities
         return np.tile(per_channel, channels)
 
     def _along(self, x: torch.Tensor, kernels: torch.Tensor, axis: int) -> torch.Tensor:
@@ -185,6 +200,12 @@ class FilterBank(nn.Module):
                     features += eigenvalues + [torch.zeros_like(smooth)] * (dims - len(eigenvalues))
             else:
                 features += [smooth] + [torch.zeros_like(smooth)] * (features_per_scale(dims, self.hessian) - 1)
+        for i, sigma in enumerate(self.context):
+            smooth = _crop(flat, tuple(h - _radius(s) for h, s in zip(self.halo, sigma)))
+            for axis in range(dims):
+                if sigma[axis] > 0:
+                    smooth = self._along(smooth, getattr(self, f"c{i}_{axis}"), axis)
+            features.append(smooth)
         out = torch.cat(features, dim=1)
         assert list(out.shape[2:]) == out_shape, (out.shape, out_shape)
         # (N·C, F, *out) -> (N, C·F, *out), channel-major so channel c's features stay together.

@@ -171,7 +171,7 @@ class UNet(nn.Module):
         self.filters: FilterBank | None = None
         in_ch = config.in_channels
         if config.filter_sigmas:
-            self.filters = FilterBank(config.filter_sigmas, dims, config.filter_hessian)
+            self.filters = config.filter_bank()
             in_ch *= self.filters.features_per_channel
             # Running statistics, not per-patch ones: a voxel's features are scaled alike in every patch and tile.
             self.input_norm = batch_norm(in_ch, affine=False)

@@ -179,6 +179,7 @@ class Trainer:
                 norm=config.norm,
                 conv_kernels=conv_kernels,
                 filter_sigmas=axis_sigmas(config.filter_scales, spacing, dims),
+                context_sigmas=axis_sigmas(config.context_scales, spacing, dims) if config.filter_scales else (),
                 widths=None if config.channel_growth is None else tuple(
                     int(round(config.base_channels * config.channel_growth**level)) for level in range(config.depth + 1)
                 ),
@@ -193,8 +194,7 @@ class Trainer:
         self.patch_size = training_patch_size(config, self.model_config, annotations, self.spacing)
         targets = [annotation_to_target(a, self.class_values).astype(np.int16) for a in annotations]
         self._validation = self._hold_out(images_cf, targets) if config.validation else None
-        sigmas, hessian = self.model_config.filter_sigmas, self.model_config.filter_hessian
-        bank = FilterBank(sigmas, dims, hessian) if sigmas else None
+        bank = self.model_config.filter_bank()
         self._features = bank is not None and feature_bank_fits(bank, self.model_config.in_channels, images_cf)
         # Which features a brightness shift moves, for the sampler's intensity augmentation of features.
         self._level_mask = bank.level_mask(self.model_config.in_channels) if bank is not None and self._features else None
