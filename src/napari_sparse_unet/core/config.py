@@ -182,9 +182,10 @@ class TrainConfig:
       eigenvalues at each scale (ridge, sheet and blob shape, as ilastik's).
       ``context_scales``: wider σ with the smoothed intensity only.  The
       forest's fine scales (0.7-5) plus smoothing at 10 and 20 against all
-      features at σ 1-20 (180 s, k = 5 along z): EM 0.727 -> 0.762, where the
-      wide derivatives misled both experts on thin membranes; CT 0.820 ->
-      0.720, whose organs of alike density the wide derivatives told apart
+      features at σ 1-20 (benchmarks/sparse_accuracy.py, 180 s, k = 5 along z
+      unless said): EM 0.704 -> 0.749, where the wide derivatives misled both
+      experts on thin membranes; brain MRI at k = 3 0.414 -> 0.603; CT 0.821
+      -> 0.685, whose organs of alike density the wide derivatives told apart
       (fine scales alone: 0.645; the forest: 0.662).
     * ``equalize``: histogram-equalised intensities, so classes that differ by a
       few per cent of the range (CT organs) are far apart in the input.
