@@ -39,6 +39,7 @@ SECTION = "expert-ablation"
 # alias -> folder name, as sparse_accuracy.py names them
 VOLUMES = {alias: name for name, (alias, _, _) in ACCURACY_VOLUMES.items()}
 ALPHAS = (0.0, 0.5, 1.0, 1.5, float("inf"))
+BUDGET = 180.0  # training seconds, as sparse_accuracy.py gives the U-Net
 
 
 def both_experts(network):
@@ -128,7 +129,10 @@ def report(records: list[dict]) -> str:
         dice = [r["scores"][str(a)]["mean_fg_dice"] for a in ALPHAS]
         cells = ["–" if d is None else f"{d:.3f}" for d in dice]
         setting = "unseen half" if r["setting"] == "auto" else f"k = {r['k']} z"
-        overrides = ", ".join(f"{k}={v}" for k, v in r["set"].items()) or "(defaults)"
+        changed = [f"{k}={v}" for k, v in r["set"].items()]
+        if r.get("budget", BUDGET) != BUDGET:
+            changed.insert(0, f"{r['budget']:g} s of training")
+        overrides = ", ".join(changed) or "(defaults)"
         load = f"{r['load_before'][0]:.1f} / {r['load_after'][0]:.1f}"
         lines.append(f"| {r['volume']} | {setting} | {overrides} | {r['seed']} | {r['steps']} | " + " | ".join(cells)
                      + f" | {load} | {r['machine'].split(',')[0]}, {r['threads']} threads |")
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--volumes", nargs="+", default=list(VOLUMES), help=f"aliases {list(VOLUMES)} or folder names")
     p.add_argument("--k", type=int, default=5, help="painted z-slices")
     p.add_argument("--auto", action="store_true", help="paint k z-slices of the first half, score the unseen half")
-    p.add_argument("--budget", type=float, default=180.0, help="training seconds")
+    p.add_argument("--budget", type=float, default=BUDGET, help="training seconds")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override a TrainConfig field")

@@ -374,8 +374,10 @@ def plot(records: list[dict], folder: Path) -> list[Path]:
         mine = [r for r in records if r["volume"] == volume]
         for method in METHODS:
             for multi, style in ((False, "-o"), (True, "--s")):
+                # A layout that paints no voxel of some class (`*` in the tables) measures the layout, not the method.
                 pts = sorted((r["k"], r["mean_fg_dice"]) for r in mine if r["method"] == method and r["setting"] == "semi"
-                             and r["k"] and (len(r["slices"]) > 1) == multi and r["mean_fg_dice"] is not None)
+                             and r["k"] and (len(r["slices"]) > 1) == multi and r["mean_fg_dice"] is not None
+                             and not r.get("never_annotated"))
                 if pts:
                     ax.plot(*zip(*pts), style, color=colors[method],
                             label=label[method] + (" (k over z, y, x)" if multi else " (k along z)"))

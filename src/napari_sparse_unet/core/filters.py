@@ -132,8 +132,9 @@ class FilterBank(nn.Module):
         """
         per_channel = np.zeros(self.features_per_channel, dtype=bool)
         per_channel[0] = True
-        scaled = features_per_scale(self.spatial_dims, self.hessian) * len(self.sigmas)
-        per_channel[1 : 1 + scaled : features_per_scale(self.spatial_dims, self.hessian)] = True
+        per_scale = features_per_scale(self.spatial_dims, self.hessian)
+        scaled = per_scale * len(self.sigmas)
+        per_channel[1 : 1 + scaled : per_scale] = True  # the smoothed intensity leads each scale's block
         per_channel[1 + scaled :] = True  # context: smoothed intensities
         return np.tile(per_channel, channels)
 
