@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without inst
 
 import _protocol as protocol  # noqa: E402
 from _report import machine_summary, write_section  # noqa: E402
+from sparse_accuracy import BUDGET  # noqa: E402
 from sparse_accuracy import VOLUMES as ACCURACY_VOLUMES  # noqa: E402
 
 RESULTS_FILE = HERE / "results" / "expert_ablation.jsonl"
@@ -39,7 +40,6 @@ SECTION = "expert-ablation"
 # alias -> folder name, as sparse_accuracy.py names them
 VOLUMES = {alias: name for name, (alias, _, _) in ACCURACY_VOLUMES.items()}
 ALPHAS = (0.0, 0.5, 1.0, 1.5, float("inf"))
-BUDGET = 180.0  # training seconds, as sparse_accuracy.py gives the U-Net
 
 
 def both_experts(network):
