@@ -32,7 +32,7 @@ from .filters import FilterBank, axis_sigmas, filter_volume
 from .losses import class_weights_from_counts, masked_cross_entropy, sparse_segmentation_loss
 from .model import build_model, choose_patch_size, plan_network
 from .sampling import PatchSampler, TrainingVolume, crop_with_padding
-from .voxel_head import painted_feature_rows
+from .voxel_head import painted_feature_rows, swap_noise
 
 # Hold out a slice for validation only when this many annotated slices exist,
 # so a user who painted three slices trains on all three.
@@ -424,10 +424,11 @@ class Trainer:
         classes_t = torch.from_numpy(classes).to(device)
         generator = torch.Generator().manual_seed(self.config.seed)
         size = min(self.config.voxel_batch, len(classes))
+        swap = self.config.voxel_swap
 
         def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             pick = torch.randint(0, len(classes), (size,), generator=generator).to(device)
-            logits = head.rows(rows_t[pick])
+            logits = head.rows(swap_noise(rows_t[pick], swap, generator))
             target = classes_t[pick]
             return masked_cross_entropy(logits, target, weights), logits, target
 
