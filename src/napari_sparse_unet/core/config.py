@@ -209,8 +209,7 @@ class TrainConfig:
       the painted slices, as a forest's random feature subsets cannot.  Off by
       default: 0.15 lifted the head alone on the brain MRI (k = 5 along z,
       180 s: 0.734 -> 0.748) but hardly the product (0.732 -> 0.736), not the
-      MRI's unseen half, and cost the ovule's head 0.008 (trained alone on its
-      features; EM unchanged).
+      MRI's unseen half, and cost the ovule 0.011 (head) and 0.004 (product).
     * ``validation``: hold out a painted slice to choose the best model (off:
       it decided on one slice and cost a sixth of the annotation); the model is
       the last one, after the learning rate has decayed.
