@@ -16,9 +16,7 @@ filter scales and the experts' weighting; every run appends one line to
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -31,14 +29,12 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without installing
 
 import _protocol as protocol  # noqa: E402
-from _report import machine_summary, write_section  # noqa: E402
+from _engine_runs import engine_run_parser, run_and_report  # noqa: E402
+from _report import machine_summary  # noqa: E402
 from sparse_accuracy import BUDGET  # noqa: E402
-from sparse_accuracy import VOLUMES as ACCURACY_VOLUMES  # noqa: E402
 
 RESULTS_FILE = HERE / "results" / "expert_ablation.jsonl"
 SECTION = "expert-ablation"
-# alias -> folder name, as sparse_accuracy.py names them
-VOLUMES = {alias: name for name, (alias, _, _) in ACCURACY_VOLUMES.items()}
 ALPHAS = (0.0, 0.5, 1.0, 1.5, float("inf"))
 
 
@@ -140,34 +136,15 @@ def report(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--volumes", nargs="+", default=list(VOLUMES), help=f"aliases {list(VOLUMES)} or folder names")
-    p.add_argument("--k", type=int, default=5, help="painted z-slices")
-    p.add_argument("--auto", action="store_true", help="paint k z-slices of the first half, score the unseen half")
+    p = engine_run_parser(__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=BUDGET, help="training seconds")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="override a TrainConfig field")
-    p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
-    args.overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        value = json.loads(value)
-        args.overrides[key] = tuple(value) if isinstance(value, list) else value
-    if not args.report_only:
-        import torch
 
-        torch.set_num_threads(args.threads)
-        RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-        for name in args.volumes:
-            record = run(VOLUMES.get(name, name), args)
-            with RESULTS_FILE.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(json.dumps({k: record[k] for k in ("volume", "setting", "k", "set", "steps")}
-                             | {a: record["scores"][a]["mean_fg_dice"] for a in record["scores"]}), flush=True)
-    records = [json.loads(line) for line in RESULTS_FILE.read_text().splitlines() if line.strip()] if RESULTS_FILE.exists() else []
-    write_section(SECTION, report(records))
+    def summary(record: dict) -> dict:
+        return ({k: record[k] for k in ("volume", "setting", "k", "set", "steps")}
+                | {a: record["scores"][a]["mean_fg_dice"] for a in record["scores"]})
+
+    run_and_report(args, run, summary, RESULTS_FILE, SECTION, report)
 
 
 if __name__ == "__main__":

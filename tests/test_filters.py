@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sparse_unet.core.config import ModelConfig
 from napari_sparse_unet.core.filters import FilterBank, features_per_scale, symmetric_eigenvalues
 
 
@@ -99,3 +100,38 @@ def test_checkpoint_settings_without_context_scales_still_load() -> None:
     del old["context_sigmas"]
     config = ModelConfig.from_dict(old)
     assert config.context_sigmas == () and config.filter_bank().features_per_channel == 4
+
+
+def test_structure_tensor_matches_scipy_and_leaves_other_features_alone() -> None:
+    """Eigenvalues of the gradient's outer product averaged at σ/2 (ilastik's structure tensor), as scipy gives them."""
+    from scipy import ndimage
+
+    sigma = 1.5
+    rng = np.random.default_rng(0)
+    image = ndimage.gaussian_filter(rng.normal(size=(36, 36, 36)), 1.0).astype(np.float32)
+    plain = FilterBank([(sigma,) * 3], 3, hessian=True)
+    bank = FilterBank([(sigma,) * 3], 3, hessian=True, structure_tensor=True)
+    assert bank.features_per_channel == plain.features_per_channel + 3
+    assert bank.halo[0] > plain.halo[0]
+    config = ModelConfig(spatial_dims=3, in_channels=1, num_classes=2, pool_factors=((2, 2, 2),),
+                         filter_sigmas=((sigma,) * 3,), filter_hessian=True, filter_structure_tensor=True)
+    assert config.input_halo == bank.halo and config.filter_bank().features_per_channel == bank.features_per_channel
+    halo = bank.halo[0]
+    features = bank(torch.from_numpy(image)[None, None])[0].numpy()
+    # The other features are those of the bank without it, on the same output voxels.
+    inner = plain(torch.from_numpy(image[(slice(halo - plain.halo[0], image.shape[0] - halo + plain.halo[0]),) * 3])[None, None])[0].numpy()
+    np.testing.assert_allclose(features[: plain.features_per_channel], inner, atol=1e-5)
+    assert bank.level_mask(1)[: plain.features_per_channel].tolist() == plain.level_mask(1).tolist()
+    assert not bank.level_mask(1)[-3:].any()
+
+    gradient = [ndimage.gaussian_filter(image.astype(np.float64), sigma, order=[int(a == b) for b in range(3)], truncate=3.0) * sigma
+                for a in range(3)]
+    tensor = np.empty((*image.shape, 3, 3))
+    for a in range(3):
+        for b in range(3):
+            tensor[..., a, b] = ndimage.gaussian_filter(gradient[a] * gradient[b], sigma / 2, truncate=3.0)
+    expected = np.linalg.eigvalsh(tensor)[..., ::-1]
+    core = (slice(halo, image.shape[0] - halo),) * 3
+    got = np.moveaxis(features[-3:], 0, -1)
+    np.testing.assert_allclose(got, expected[core], atol=0.02 * np.abs(expected[core]).max())
+    assert np.all(got[..., 0] >= got[..., 1] - 1e-6) and np.all(got[..., 2] >= -1e-4)

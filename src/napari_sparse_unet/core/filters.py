@@ -42,9 +42,13 @@ TRUNCATE = 3.0
 BASIC_FEATURES_PER_SCALE = 3
 
 
-def features_per_scale(spatial_dims: int, hessian: bool) -> int:
-    """Features per input channel and scale: 3, plus one Hessian eigenvalue per spatial axis."""
-    return BASIC_FEATURES_PER_SCALE + (spatial_dims if hessian else 0)
+# The structure tensor averages gradient products over this fraction of the scale (ilastik's outer scale).
+STRUCTURE_TENSOR_OUTER = 0.5
+
+
+def features_per_scale(spatial_dims: int, hessian: bool, structure_tensor: bool = False) -> int:
+    """Features per input channel and scale: 3, plus one eigenvalue per spatial axis of the Hessian and of the structure tensor."""
+    return BASIC_FEATURES_PER_SCALE + spatial_dims * (int(hessian) + int(structure_tensor))
 
 
 def axis_sigmas(
@@ -64,11 +68,23 @@ def _radius(sigma: float) -> int:
     return int(math.ceil(TRUNCATE * sigma)) if sigma > 0 else 0
 
 
-def filter_halo(sigmas: Sequence[Sequence[float]], spatial_dims: int) -> tuple[int, ...]:
-    """Voxels of input needed beyond the output on each side, per axis."""
-    if not sigmas:
+def _outer_radius(sigma: float) -> int:
+    """Extra reach of the structure tensor's averaging beyond its gradients' (σ · STRUCTURE_TENSOR_OUTER)."""
+    return _radius(STRUCTURE_TENSOR_OUTER * sigma)
+
+
+def filter_halo(
+    sigmas: Sequence[Sequence[float]],
+    spatial_dims: int,
+    structure_tensor: bool = False,
+    context: Sequence[Sequence[float]] = (),
+) -> tuple[int, ...]:
+    """Voxels of input needed beyond the output on each side, per axis, for these scales and context scales."""
+    reach = [tuple(_radius(v) + (_outer_radius(v) if structure_tensor else 0) for v in s) for s in sigmas]
+    reach += [tuple(_radius(v) for v in s) for s in context]
+    if not reach:
         return (0,) * spatial_dims
-    return tuple(max(_radius(s[a]) for s in sigmas) for a in range(spatial_dims))
+    return tuple(max(r[a] for r in reach) for a in range(spatial_dims))
 
 
 def gaussian_kernels(sigma: float) -> np.ndarray:
@@ -92,9 +108,13 @@ def gaussian_kernels(sigma: float) -> np.ndarray:
 
 
 class FilterBank(nn.Module):
-    """(N, C, *(out + 2·halo)) -> (N, C·F, *out): raw, per scale smoothed, |gradient|, LoG (and Hessian eigenvalues), then per context scale smoothed.
+    """(N, C, *(out + 2·halo)) -> (N, C·F, *out): raw, per scale smoothed, |gradient|, LoG (and Hessian, structure tensor eigenvalues), then per context scale smoothed.
 
-    F = 1 + S·:func:`features_per_scale` + len(``context``).  Derivatives are scale-normalised
+    F = 1 + S·:func:`features_per_scale` + len(``context``).  With
+    ``structure_tensor`` each scale adds the eigenvalues of the gradient's
+    outer product averaged over σ/2 (ilastik's structure tensor): how strongly
+    and in how many directions the intensity changes around a voxel, which
+    tells a membrane's sheet from a blob.  Derivatives are scale-normalised
     (× σ and × σ²), so one scale's features are comparable to another's.  The
     Hessian eigenvalues are those of the axes filtered at that scale, in
     descending order, zero-padded to one per spatial axis.  Kernels are buffers
@@ -107,23 +127,29 @@ class FilterBank(nn.Module):
         spatial_dims: int,
         hessian: bool = False,
         context: Sequence[Sequence[float]] = (),
+        structure_tensor: bool = False,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
         self.hessian = hessian
+        self.structure_tensor = structure_tensor
         self.sigmas = tuple(tuple(float(v) for v in s) for s in sigmas)
         self.context = tuple(tuple(float(v) for v in s) for s in context)
-        self.halo = filter_halo(self.sigmas + self.context, spatial_dims)
+        self.halo = filter_halo(self.sigmas, spatial_dims, structure_tensor, self.context)
         for i, sigma in enumerate(self.sigmas):
             for axis, s in enumerate(sigma):
                 self.register_buffer(f"k{i}_{axis}", torch.from_numpy(gaussian_kernels(s)).float(), persistent=False)
+                if structure_tensor:
+                    outer = gaussian_kernels(STRUCTURE_TENSOR_OUTER * s)[:1]
+                    self.register_buffer(f"s{i}_{axis}", torch.from_numpy(outer).float(), persistent=False)
         for i, sigma in enumerate(self.context):
             for axis, s in enumerate(sigma):
                 self.register_buffer(f"c{i}_{axis}", torch.from_numpy(gaussian_kernels(s)[:1]).float(), persistent=False)
 
     @property
     def features_per_channel(self) -> int:
-        return 1 + features_per_scale(self.spatial_dims, self.hessian) * len(self.sigmas) + len(self.context)
+        per_scale = features_per_scale(self.spatial_dims, self.hessian, self.structure_tensor)
+        return 1 + per_scale * len(self.sigmas) + len(self.context)
 
     def level_mask(self, channels: int) -> np.ndarray:
         """(C·F,) bool: features that follow the intensity level (raw, smoothed), not its derivatives.
@@ -132,7 +158,7 @@ class FilterBank(nn.Module):
         """
         per_channel = np.zeros(self.features_per_channel, dtype=bool)
         per_channel[0] = True
-        per_scale = features_per_scale(self.spatial_dims, self.hessian)
+        per_scale = features_per_scale(self.spatial_dims, self.hessian, self.structure_tensor)
         scaled = per_scale * len(self.sigmas)
         per_channel[1 : 1 + scaled : per_scale] = True  # the smoothed intensity leads each scale's block
         per_channel[1 + scaled :] = True  # context: smoothed intensities
@@ -184,9 +210,13 @@ class FilterBank(nn.Module):
         flat = x.reshape(n * c, 1, *x.shape[2:])
         out_shape = [s - 2 * h for s, h in zip(x.shape[2:], self.halo)]
         features = [_crop(flat, self.halo)]
+        per_scale = features_per_scale(dims, self.hessian, self.structure_tensor)
         for i, sigma in enumerate(self.sigmas):
-            trim = tuple(h - _radius(s) for h, s in zip(self.halo, sigma))
-            maps = self._derivatives(_crop(flat, trim), i)
+            # The structure tensor averages gradients over σ/2 more: they are computed that much wider.
+            outer = tuple(_outer_radius(s) if self.structure_tensor else 0 for s in sigma)
+            trim = tuple(h - _radius(s) - o for h, s, o in zip(self.halo, sigma, outer))
+            wide = self._derivatives(_crop(flat, trim), i)
+            maps = {key: _crop(value, outer) for key, value in wide.items()}
             active = [a for a in range(dims) if sigma[a] > 0]
             smooth = maps[(0,) * dims]
             scale = max(sigma)
@@ -199,8 +229,11 @@ class FilterBank(nn.Module):
                     hessian = [[maps[_order(dims, a, b)] * scale**2 for b in active] for a in active]
                     eigenvalues = symmetric_eigenvalues(hessian)
                     features += eigenvalues + [torch.zeros_like(smooth)] * (dims - len(eigenvalues))
+                if self.structure_tensor:
+                    eigenvalues = symmetric_eigenvalues(self._structure_tensor(wide, i, active, scale))
+                    features += eigenvalues + [torch.zeros_like(smooth)] * (dims - len(eigenvalues))
             else:
-                features += [smooth] + [torch.zeros_like(smooth)] * (features_per_scale(dims, self.hessian) - 1)
+                features += [smooth] + [torch.zeros_like(smooth)] * (per_scale - 1)
         for i, sigma in enumerate(self.context):
             smooth = _crop(flat, tuple(h - _radius(s) for h, s in zip(self.halo, sigma)))
             for axis in range(dims):
@@ -211,6 +244,27 @@ class FilterBank(nn.Module):
         assert list(out.shape[2:]) == out_shape, (out.shape, out_shape)
         # (N·C, F, *out) -> (N, C·F, *out), channel-major so channel c's features stay together.
         return out.reshape(n, c * out.shape[1], *out_shape)
+
+    def _structure_tensor(
+        self, wide: dict[tuple[int, ...], torch.Tensor], index: int, active: list[int], scale: float
+    ) -> list[list[torch.Tensor]]:
+        """Scale-normalised gradient products over the active axes, averaged at σ/2: nested (A, A) lists of maps.
+
+        ``wide`` holds the scale's derivatives computed σ/2's reach beyond the output,
+        which the valid averaging consumes.
+        """
+        dims = self.spatial_dims
+        gradient = [wide[_order(dims, a)] * scale for a in active]
+        pairs = [(p, q) for p in range(len(active)) for q in range(p, len(active))]
+        averaged = torch.cat([gradient[p] * gradient[q] for p, q in pairs], dim=1)  # (M, pairs, *s)
+        m = averaged.shape[0]
+        averaged = averaged.reshape(m * len(pairs), 1, *averaged.shape[2:])
+        for axis in range(dims):
+            if self.sigmas[index][axis] > 0:
+                averaged = self._along(averaged, getattr(self, f"s{index}_{axis}"), axis)
+        averaged = averaged.reshape(m, len(pairs), *averaged.shape[2:])
+        element = {pair: averaged[:, j : j + 1] for j, pair in enumerate(pairs)}
+        return [[element[(min(p, q), max(p, q))] for q in range(len(active))] for p in range(len(active))]
 
 
 def _order(dims: int, *axes: int) -> tuple[int, ...]:
