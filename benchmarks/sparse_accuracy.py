@@ -15,11 +15,14 @@ and ``rf`` (``_random_forest.py``: 100 trees on ilastik's filter features, timed
 features + fit + predict).  Every run writes one JSON under ``benchmarks/results/accuracy/``;
 the table in ``RESULTS.md`` and the plots are rebuilt from all JSONs there, so runs can be
 split over time (``--volumes``, ``--methods``, ``--settings``, ``--skip-existing``).
+``--seed N`` (N != 0) repeats runs into ``results/accuracy_seeds/seedN/`` and rebuilds the
+"Seed spread" section instead, so the headline table stays one run per cell at seed 0.
 
     python benchmarks/sparse_accuracy.py                       # everything (~70 min on 2 idle cores)
     python benchmarks/sparse_accuracy.py --quick               # smoke run on crops (~3 min)
     python benchmarks/sparse_accuracy.py --volumes ct --methods rf
     python benchmarks/sparse_accuracy.py --report-only         # table + plots from the JSONs
+    python benchmarks/sparse_accuracy.py --volumes ovule --settings z --seed 1   # a repeat for the spread
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ from _report import machine_summary, write_section  # noqa: E402
 
 RESULTS_DIR = HERE / "results" / "accuracy"
 QUICK_DIR = HERE / "results" / "accuracy_quick"
+SEEDS_DIR = HERE / "results" / "accuracy_seeds"  # runs with --seed N != 0, one folder per seed
 SECTION = "sparse-accuracy"
+SEED_SECTION = "accuracy-seeds"
 
 # name: (short alias, k spread over three axes too?, crop for --quick)
 VOLUMES: dict[str, tuple[str, bool, tuple[int, int, int]]] = {
@@ -464,6 +469,51 @@ def report(folder: Path, quick: bool) -> str:
 # ----------------------------------------------------------------------------- main
 
 
+def seed_records() -> dict[int, list[dict]]:
+    """Records per seed: 0 from the headline folder, N from ``accuracy_seeds/seedN``."""
+    seeds = {0: load_records(RESULTS_DIR)}
+    for folder in sorted(SEEDS_DIR.glob("seed*")):
+        seeds[int(folder.name[4:])] = load_records(folder)
+    return seeds
+
+
+def seed_report(seeds: dict[int, list[dict]]) -> str:
+    """Mean foreground Dice per seed of every run repeated with another seed, and U-Net minus forest per seed."""
+    repeated = sorted({(r["volume"], r["setting"], r["annotation"]) for n, rs in seeds.items() if n for r in rs},
+                      key=lambda key: (list(VOLUMES).index(key[0]), key[1] != "semi", key[2]))
+    order = sorted(seeds)
+    lines = [
+        "## Seed spread (`benchmarks/sparse_accuracy.py --seed N`)",
+        "",
+        "The headline table is one run per cell (seed 0). These cells were rerun with other seeds (the U-Net's "
+        "initialisation, patch and batch draws, augmentation; the forest's bootstrap and feature draws), same "
+        "protocol, same 180 s budget, 2 threads, each run alone on the machine. U-Net − RF: per seed, then the "
+        "mean; the spread is max − min over seeds.",
+        "",
+        "| volume | annotation | method | " + " | ".join(f"seed {n}" for n in order) + " | mean | spread |",
+        "|---|---|---|" + "---|" * (len(order) + 2),
+    ]
+    for volume, setting, annotation in repeated:
+        label = annotation if setting == "semi" else f"{annotation}, {'unseen half' if setting == 'auto' else setting}"
+        per_method = {}
+        for method in METHODS:
+            values = [(find(seeds[n], volume, method, annotation, setting) or {}).get("mean_fg_dice") for n in order]
+            per_method[method] = values
+            done = [v for v in values if v is not None]
+            if done:
+                lines.append(f"| {volume} | {label} | {method} | " + " | ".join(fmt(v) for v in values)
+                             + f" | {fmt(float(np.mean(done)))} | {fmt(max(done) - min(done))} |")
+        gaps = [u - f if u is not None and f is not None else None for u, f in zip(per_method["unet"], per_method["rf"])]
+        done = [g for g in gaps if g is not None]
+        if done:
+            lines.append(f"| {volume} | {label} | U-Net − RF | " + " | ".join(
+                "–" if g is None else f"{g:+.3f}" for g in gaps) + f" | {float(np.mean(done)):+.3f} | |")
+    machines = sorted({r["machine"].rsplit(", ", 1)[0] for n in order[1:] for r in seeds[n]})
+    loads = [r["loadavg_after"][0] for n in order[1:] for r in seeds[n] if r.get("loadavg_after")]
+    lines += ["", "Machine(s): " + "; ".join(machines) + (f"; 1-minute load after the runs {min(loads):.2f}-{max(loads):.2f}" if loads else "")]
+    return "\n".join(lines)
+
+
 def parse_args(argv=None):
     aliases = {alias: name for name, (alias, _, _) in VOLUMES.items()}
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -482,7 +532,8 @@ def parse_args(argv=None):
     # at k=5 (330 k painted) membrane Dice was 0.7256 with 30 k and 0.7248 with 100 k per tree, at 1/4 of the fit time.
     p.add_argument("--rf-max-samples", type=int, default=50_000,
                    help="cap on each tree's bootstrap sample of annotated voxels (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="0: the headline results; N: a repeat in results/accuracy_seeds/seedN, reported as the spread")
     p.add_argument("--quick", action="store_true", help="crops, short budget, results in results/accuracy_quick")
     p.add_argument("--skip-existing", action="store_true", help="skip runs whose JSON exists")
     p.add_argument("--report-only", action="store_true", help="rebuild table and plots from the JSONs")
@@ -503,7 +554,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    folder = QUICK_DIR if args.quick else RESULTS_DIR
+    folder = QUICK_DIR if args.quick else RESULTS_DIR if args.seed == 0 else SEEDS_DIR / f"seed{args.seed}"
     folder.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for name in args.volumes:
@@ -529,12 +580,16 @@ def main(argv=None) -> int:
                       f"train {record['train_seconds']:.1f} s  predict {record['predict_seconds']:.1f} s", flush=True)
     if args.plan:
         return 0
-    text = report(folder, args.quick)
-    if args.quick:
-        (folder / "RESULTS_quick.md").write_text(text + "\n")
+    if args.seed != 0 and not args.quick:
+        text = seed_report(seed_records())
+        write_section(SEED_SECTION, text)
     else:
-        write_section(SECTION, text)
-        (folder / "README_summary.md").write_text(readme_summary(load_records(folder)) + "\n")
+        text = report(folder, args.quick)
+        if args.quick:
+            (folder / "RESULTS_quick.md").write_text(text + "\n")
+        else:
+            write_section(SECTION, text)
+            (folder / "README_summary.md").write_text(readme_summary(load_records(folder)) + "\n")
     print(text)
     return 0
 
