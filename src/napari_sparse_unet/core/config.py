@@ -215,6 +215,11 @@ class TrainConfig:
       default: 0.15 lifted the head alone on the brain MRI (k = 5 along z,
       180 s: 0.734 -> 0.748) but hardly the product (0.732 -> 0.736), not the
       MRI's unseen half, and cost the ovule 0.011 (head) and 0.004 (product).
+    * ``average_weights``: the model is the mean of the weights of every step in
+      this last fraction of the budget (stochastic weight averaging, Izmailov et
+      al. 2018), batch-norm statistics re-estimated after; 0 keeps the last step's.
+      Off: 0.3 did not lift the ovule (k = 5 along z, 180 s, seeds 0-2: 0.828 /
+      0.838 / 0.831 against 0.838 / 0.837 / 0.830).
     * ``validation``: hold out a painted slice to choose the best model (off:
       it decided on one slice and cost a sixth of the annotation); the model is
       the last one, after the learning rate has decayed.
@@ -252,6 +257,7 @@ class TrainConfig:
     augment: bool = True
     intensity_augment: float = 0.3
     elastic: bool = False
+    average_weights: float = 0.0
     validation: bool = False
     validate_every: int = 50
     seed: int = 0
@@ -282,6 +288,7 @@ class TrainConfig:
         _check(self.voxel_batch >= 1, f"voxel_batch must be >= 1, got {self.voxel_batch}")
         _check(0 <= self.voxel_warmup < 1, f"voxel_warmup must be in [0, 1), got {self.voxel_warmup}")
         _check(0 <= self.voxel_swap < 1, f"voxel_swap must be in [0, 1), got {self.voxel_swap}")
+        _check(0 <= self.average_weights < 1, f"average_weights must be in [0, 1), got {self.average_weights}")
         _check(self.intensity_augment >= 0, f"intensity_augment must be >= 0, got {self.intensity_augment}")
         _check(self.dice_weight >= 0, f"dice_weight must be >= 0, got {self.dice_weight}")
         _check(self.max_class_weight >= 1, f"max_class_weight must be >= 1, got {self.max_class_weight}")

@@ -343,6 +343,7 @@ class Trainer:
         start = time.perf_counter()
         step, loss_value, bad_steps = 0, math.nan, 0
         fit_counts = RunningDice(len(self.class_values))
+        averaged: torch.optim.swa_utils.AveragedModel | None = None
         finished = False
         try:
             while True:
@@ -383,6 +384,10 @@ class Trainer:
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
+                if config.average_weights and progress >= 1.0 - config.average_weights:
+                    if averaged is None:
+                        averaged = torch.optim.swa_utils.AveragedModel(network)
+                    averaged.update_parameters(network)
                 elapsed = time.perf_counter() - start
                 self._history = {"steps": previous_steps + step, "seconds": elapsed, "loss": loss_value}
                 val_dice = None
@@ -399,6 +404,11 @@ class Trainer:
                     fit_dice=fit_counts.mean_foreground(),
                 )
             finished = True
+            if averaged is not None:
+                # The averaged weights replace the last step's; their batch-norm statistics are re-estimated below.
+                with torch.no_grad():
+                    for mean, live in zip(averaged.module.parameters(), network.parameters()):
+                        live.copy_(mean)
             if config.recalibrate_norm:
                 _recalibrate_batch_norm(network, sampler, config.batch_size, device, memory_format, self._features)
         finally:
