@@ -217,7 +217,7 @@ class TrainConfig:
       MRI's unseen half, and cost the ovule 0.011 (head) and 0.004 (product).
     * ``average_weights``: the model is the mean of the weights of every step in
       this last fraction of the budget (stochastic weight averaging, Izmailov et
-      al. 2018), batch-norm statistics re-estimated after; 0 keeps the last step's.
+      al. 2018), batch-norm statistics re-estimated after with ``recalibrate_norm``; 0 keeps the last step's.
       Off: 0.3 did not lift the ovule (k = 5 along z, 180 s, seeds 0-2: 0.828 /
       0.838 / 0.831 against 0.838 / 0.837 / 0.830).
     * ``validation``: hold out a painted slice to choose the best model (off:

@@ -405,7 +405,7 @@ class Trainer:
                 )
             finished = True
             if averaged is not None:
-                # The averaged weights replace the last step's; their batch-norm statistics are re-estimated below.
+                # The averaged weights replace the last step's; recalibrate_norm (on by default) re-estimates their batch-norm statistics.
                 with torch.no_grad():
                     for mean, live in zip(averaged.module.parameters(), network.parameters()):
                         live.copy_(mean)
