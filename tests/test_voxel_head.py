@@ -64,3 +64,27 @@ def test_swap_noise_replaces_a_share_of_values_by_the_same_feature_of_other_rows
     assert 0.15 < changed.float().mean() < 0.25
     assert torch.equal(noisy // 10_000, rows // 10_000)  # every value still from its own feature
     assert torch.equal(swap_noise(rows, 0.0, generator), rows)
+
+
+def test_inference_reads_the_first_layer_from_its_knot_table_with_the_encodings_numbers() -> None:
+    # Bins from data with ties (a third of the rows at exactly 0, as zero padding gives), values beyond the edges.
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(3000, 5)).astype(np.float32)
+    rows[:1000] = 0.0
+    classes = rng.integers(0, 3, 3000)
+    head = VoxelHead(features=5, hidden=16, classes=3, bins=8)
+    head.fit_bins(rows, classes)
+    torch.manual_seed(0)
+    for p in head.parameters():
+        torch.nn.init.normal_(p)
+    maps = torch.from_numpy(np.concatenate([rows[:960], 4 * rng.normal(size=(960, 5)).astype(np.float32)]).T.copy())
+    maps = maps.reshape(1, 5, 12, 10, 16)
+    head.eval()
+    with torch.no_grad():
+        expected = head.rows(maps.movedim(1, -1).reshape(-1, 5)).reshape(12, 10, 16, 3).movedim(-1, 0)[None]
+        tabled = head(maps)
+    assert tabled.shape == (1, 3, 12, 10, 16)
+    assert torch.allclose(tabled, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    head.train()
+    with torch.no_grad():
+        assert torch.allclose(head(maps), expected, rtol=1e-5, atol=1e-5)  # training: the encoding itself

@@ -19,12 +19,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .filters import FilterBank, filter_slab
 
-# Voxels encoded at a time in prediction: B·F floats each (16·20·4 B = 1.3 kB), so ~80 MB a chunk.
-CHUNK_ROWS = 1 << 16
+# Voxels classified at a time in prediction: their table indices and weights are (4 + 8)·F bytes each.
+CHUNK_ROWS = 1 << 14
 
 
 class VoxelHead(nn.Module):
@@ -62,16 +63,64 @@ class VoxelHead(nn.Module):
         return self.mlp(self.encode(rows))
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        """Logits (N, K, *spatial) of feature maps (N, F, *spatial), in chunks (the encoding is B× the features)."""
-        rows = maps.movedim(1, -1)
-        shape = rows.shape[:-1]
-        rows = rows.reshape(-1, self.features)
-        if torch.jit.is_tracing():
-            # A traced graph must not depend on the input's size (bioimage.io export): no chunks.
-            logits = self.rows(rows)
-        else:
-            logits = torch.cat([self.rows(chunk) for chunk in rows.split(CHUNK_ROWS)])
-        return logits.reshape(*shape, -1).movedim(-1, 1)
+        """Logits (N, K, *spatial) of feature maps (N, F, *spatial).
+
+        Training (and tracing) take the encoding's path; inference reads the first
+        layer from :meth:`knot_table` instead, the same numbers without the B× expansion.
+        """
+        if self.training or torch.jit.is_tracing():
+            rows = maps.movedim(1, -1)
+            return self.rows(rows.reshape(-1, self.features)).reshape(*rows.shape[:-1], -1).movedim(-1, 1)
+        n, spatial = maps.shape[0], maps.shape[2:]
+        columns = maps.float().transpose(0, 1).reshape(self.features, -1)  # (F, N·S), a view for N = 1
+        rest = self.mlp[2:]  # the first linear layer and its ReLU are _first_layer
+        with torch.autocast(maps.device.type, enabled=False):  # the table lookups need one dtype (float32)
+            table = self.knot_table()
+            logits = torch.cat([rest(self._first_layer(chunk, table)) for chunk in columns.split(CHUNK_ROWS, 1)])
+        return logits.reshape(n, *spatial, -1).movedim(-1, 1)
+
+    def knot_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first layer as a piecewise-linear function of each feature, tabulated per segment.
+
+        Without the bias, the first layer is a sum over features of ``sum_b W_fb e_fb(x)``,
+        and each encoding ``e_fb`` is linear between its bin's two edges, so the sum is
+        linear between consecutive knots (every bin's lower and upper edge, J = 2B per
+        feature).  Returns the knots (F, J) ascending; per segment (F, J - 1) its start
+        and 1 / its length (0 for an empty one); and per segment (F·(J - 1), H) the
+        layer's value at its start and the change to its end.
+        """
+        lower, width = self.lower.float(), self.width.float()  # (B, F)
+        knots = torch.cat([lower, lower + width]).T.sort(1).values.contiguous()  # (F, J)
+        encoded = ((knots.T[:, None, :] - lower) / width).clamp(0.0, 1.0)  # (J, B, F)
+        weight = self.mlp[0].weight.float().reshape(-1, self.bins, self.features)  # (H, B, F): encode's order
+        at_knots = torch.einsum("jbf,hbf->fjh", encoded, weight)  # (F, J, H)
+        hidden = at_knots.shape[-1]
+        start = at_knots[:, :-1].reshape(-1, hidden).contiguous()
+        change = torch.diff(at_knots, dim=1).reshape(-1, hidden).contiguous()
+        length = torch.diff(knots, dim=1)
+        inverse_length = torch.where(length > 0, 1.0 / length.clamp_min(1e-30), torch.zeros_like(length))
+        return knots, inverse_length, start, change
+
+    def _first_layer(self, columns: torch.Tensor, table: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """First-layer activations (M, H) of feature columns (F, M): per feature, its segment's row interpolated.
+
+        Below the first knot every encoding is 0 and above the last every one is 1, so a
+        value clamped to the knots' range gives the same layer output.
+        """
+        knots, inverse_length, start, change = table
+        features, segments = inverse_length.shape
+        x = torch.clamp(columns, knots[:, :1], knots[:, -1:])
+        # The segment is the number of inner knots at or below the value.
+        segment = torch.searchsorted(knots[:, 1:-1].contiguous(), x, right=True, out_int32=True)
+        fraction = ((x - knots[:, :-1].gather(1, segment.long())) * inverse_length.gather(1, segment.long())).clamp_(0.0, 1.0)
+        offsets = torch.arange(0, features * segments, segments, device=x.device, dtype=torch.int32)[:, None]
+        row = (segment + offsets).T.contiguous()  # (M, F)
+        fraction = fraction.T.contiguous()
+        # Sum over the features of the segment's start value plus the fraction of its change.
+        out = F.embedding_bag(row, start, mode="sum")
+        out += F.embedding_bag(row, change, per_sample_weights=fraction, mode="sum")
+        out += self.mlp[0].bias.float()
+        return torch.relu_(out)
 
     @torch.no_grad()
     def fit_bins(self, rows: np.ndarray, classes: np.ndarray | None = None) -> None:
