@@ -51,7 +51,45 @@ def _count_values(block: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values.tolist(), counts.tolist())}
 
 
-class AnnotationCounter:
+class ChangedRows:
+    """Which axis-0 rows (slices) of an annotation were edited since they were last taken.
+
+    A watcher marks what paint events touched; :meth:`take` hands the edited
+    rows over as merged ``[start, stop)`` ranges and forgets them.
+    """
+
+    def __init__(self) -> None:
+        self._rows: set[int] = set()
+        self._all = False
+
+    def mark_all(self) -> None:
+        self._all = True
+
+    def mark_slices(self, indices: Iterable[int]) -> None:
+        self._rows.update(int(i) for i in indices)
+
+    def mark_range(self, start: int, stop: int) -> None:
+        self._rows.update(range(max(0, int(start)), int(stop)))
+
+    @property
+    def pending(self) -> bool:
+        return self._all or bool(self._rows)
+
+    def take(self, size: int) -> list[tuple[int, int]]:
+        """The edited ranges within ``[0, size)`` (all of it after :meth:`mark_all`), then none are pending."""
+        rows = range(size) if self._all else sorted(r for r in self._rows if 0 <= r < size)
+        self._rows.clear()
+        self._all = False
+        ranges: list[tuple[int, int]] = []
+        for r in rows:
+            if ranges and ranges[-1][1] == r:
+                ranges[-1] = (ranges[-1][0], r + 1)
+            else:
+                ranges.append((r, r + 1))
+        return ranges
+
+
+class AnnotationCounter(ChangedRows):
     """Counts painted voxels per value and per slice along axis 0, incrementally.
 
     A full count scans the array once (empty slices are skipped with a vectorised
@@ -60,37 +98,22 @@ class AnnotationCounter:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._per_slice: list[dict[int, int]] = []
         self._ndim = 0
         self._shape: tuple[int, ...] = ()
-        self._dirty: set[int] = set()
-        self._full = True
-
-    def mark_all(self) -> None:
-        self._full = True
-
-    def mark_slices(self, indices: Iterable[int]) -> None:
-        self._dirty.update(int(i) for i in indices)
-
-    def mark_range(self, start: int, stop: int) -> None:
-        self._dirty.update(range(max(0, int(start)), int(stop)))
-
-    @property
-    def pending(self) -> bool:
-        return self._full or bool(self._dirty)
+        self._all = True
 
     def update(self, data: Any) -> AnnotationStats:
         """Recount what is dirty in ``data`` (Z, Y, X) or (Y, X) and return the statistics."""
         shape = tuple(int(s) for s in data.shape)
-        if shape != self._shape:
-            self._full = True
-        if self._full:
+        if shape != self._shape or self._all:
+            self.take(0)
             self._full_count(data)
         else:
-            for i in sorted(self._dirty):
-                if 0 <= i < len(self._per_slice):
+            for start, stop in self.take(len(self._per_slice)):
+                for i in range(start, stop):
                     self._per_slice[i] = _count_values(data[i])
-        self._dirty.clear()
         return self.stats()
 
     def _full_count(self, data: Any) -> None:
@@ -103,7 +126,6 @@ class AnnotationCounter:
             painted = np.flatnonzero(arr.reshape(n, -1).any(axis=1))
             for i in painted.tolist():
                 self._per_slice[i] = _count_values(arr[i])
-        self._full = False
 
     def stats(self) -> AnnotationStats:
         voxels: dict[int, int] = {}
@@ -119,3 +141,4 @@ class AnnotationCounter:
             slices, annotated = {}, 0
         total = len(self._per_slice) if self._ndim == 3 else 0
         return AnnotationStats(ndim=self._ndim, voxels=voxels, slices=slices, annotated_slices=annotated, total_slices=total)
+

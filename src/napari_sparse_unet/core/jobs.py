@@ -44,6 +44,18 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class Corrections:
+    """Annotation edits handed to a running training (:meth:`TrainJob.correct`) and taken into it.
+
+    ``painted_voxels``: what the training steps learn from now; ``problem``: why
+    the edits were refused (training goes on with what it had), else None.
+    """
+
+    painted_voxels: int
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
 class PredictResult:
     labels: Any  # (*spatial), painted values, background 0
     probabilities: Any  # (K, *spatial) float32, or None
@@ -176,6 +188,10 @@ class TrainJob(Job):
     ``curves`` receives a row per step while the job runs (other threads may
     read it); fine-tuning continues the initial model's curve.  Models the job
     returns carry the curve and the channel names.
+
+    :meth:`correct` hands over annotation edits made while the job runs (any
+    thread); they join the training data between two steps, and the job yields
+    a :class:`Corrections` event then.
     """
 
     def __init__(
@@ -207,6 +223,40 @@ class TrainJob(Job):
         self.curves = TrainingCurves.from_dict(initial.curves if initial is not None else None)
         self._next_preview = 0.0
         self._interval = preview_interval
+        self._edits: list[tuple[int, int, np.ndarray]] = []  # (image index, first row, rows), from any thread
+        self._edits_lock = threading.Lock()
+        self._painted: list[np.ndarray] | None = None  # the annotations with the edits, made at the first edit
+
+    def correct(self, start: int, rows: Any, index: int = 0) -> None:
+        """Replace rows ``start:start + len(rows)`` (axis 0) of annotation ``index`` from the next step on.
+
+        Thread-safe and cheap: the rows are applied (and checked, with the rules
+        of the start) in the training thread between steps.  ``rows`` must not
+        change afterwards: hand over a copy.
+        """
+        with self._edits_lock:
+            self._edits.append((int(index), int(start), np.asarray(rows)))
+
+    def _take_edits(self) -> Iterator[Corrections]:
+        """Apply the edits handed over since the last step (training thread)."""
+        with self._edits_lock:
+            edits, self._edits = self._edits, []
+        if not edits or self.trainer is None:
+            return
+        from .errors import InputError
+
+        if self._painted is None:  # the caller's arrays stay untouched
+            self._painted = [np.array(a, copy=True) for a in self.annotations]
+        for index, start, rows in edits:
+            self._painted[index][start : start + len(rows)] = rows
+        try:
+            painted = self.trainer.update_annotations(self._painted)
+        except InputError as error:
+            yield Corrections(self.trainer.painted_voxels, str(error))
+            return
+        yield Corrections(painted)
+        # Show the corrected model soon, not after a whole preview interval.
+        self._next_preview = min(self._next_preview, time.perf_counter() + min(self._interval, 1.0))
 
     def prepare(self) -> Trainer:
         """Check the input and set up the trainer (once); raises UserInputError for bad input."""
@@ -233,8 +283,7 @@ class TrainJob(Job):
     def _work(self) -> Generator[Any, None, SegmentationModel | None]:
         trainer = self.prepare()
         self._next_preview = time.perf_counter() + self.preview_interval
-        after = self._previews if self.preview_interval > 0 else None
-        result = yield from drive(self._recorded(trainer.run()), lambda: self.stopped, after)
+        result = yield from drive(self._recorded(trainer.run()), lambda: self.stopped, self._between_steps)
         return self._finished(result) if result is not None else self.best_model
 
     def _recorded(self, events: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
@@ -247,6 +296,11 @@ class TrainJob(Job):
                     return finished.value
                 self.curves.add(event)
                 yield event
+
+    def _between_steps(self, event: Any) -> Iterator[Any]:
+        yield from self._take_edits()
+        if self.preview_interval > 0:
+            yield from self._previews(event)
 
     def _previews(self, event: Any) -> Iterator[Preview]:
         if time.perf_counter() < self._next_preview or self.stopped:

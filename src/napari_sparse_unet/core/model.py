@@ -197,6 +197,12 @@ class UNet(nn.Module):
             self.decoders.append(_DoubleConv(dims, norm, 2 * skip, skip, skip, kernels[level]))
             in_ch = skip
         self.head = conv(in_ch, config.num_classes, 1)
+        if config.voxel_head:
+            # Logits start at zero: the product of the two experts' probabilities then equals
+            # the voxel head's until the U-Net has learned something, so the model does not
+            # get worse when the U-Net joins the trained voxel head.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.voxel_head: VoxelHead | None = None
         if config.voxel_head:
             assert self.filters is not None  # ModelConfig checks it

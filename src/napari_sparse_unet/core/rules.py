@@ -234,6 +234,14 @@ def check_training_pair(image: Any, annotation: Any) -> tuple[Any, np.ndarray, d
     The annotation is returned as an integer numpy array (the image keeps its
     dtype and is not copied); the counts come from one scan of it.
     """
+    _check_labels_array(annotation)
+    image_cf = as_channel_first(image, spatial_dims=len(_shape(annotation)))
+    annotation, counts = check_annotation_of(annotation, _shape(image_cf)[1:])
+    check_finite(image_cf)
+    return image_cf, annotation, counts
+
+
+def _check_labels_array(annotation: Any) -> None:
     ann_shape = _shape(annotation)
     if len(ann_shape) not in (2, 3):
         raise InputError(
@@ -243,15 +251,22 @@ def check_training_pair(image: Any, annotation: Any) -> tuple[Any, np.ndarray, d
     ann_dtype = np.dtype(annotation.dtype)
     if not (np.issubdtype(ann_dtype, np.integer) or ann_dtype == np.bool_):
         raise InputError(f"annotation has dtype {ann_dtype}; integer labels were expected")
-    image_cf = as_channel_first(image, spatial_dims=len(ann_shape))
-    problem = annotation_shape_problem(_shape(image_cf)[1:], ann_shape)
+
+
+def check_annotation_of(annotation: Any, spatial_shape: Sequence[int]) -> tuple[np.ndarray, dict[int, int]]:
+    """Check an annotation of an image with this spatial shape; return (annotation as numpy, painted counts).
+
+    The rules of :func:`check_training_pair` for the annotation alone: a training
+    job checks an annotation painted while it runs with them.
+    """
+    _check_labels_array(annotation)
+    problem = annotation_shape_problem(spatial_shape, _shape(annotation))
     if problem:
         raise InputError(problem)
-    check_finite(image_cf)
     annotation = np.asarray(annotation)
     counts = annotation_counts(annotation)
     check_annotation(counts)
-    return image_cf, annotation, counts
+    return annotation, counts
 
 
 def painted_values(counts: Sequence[Mapping[int, int]]) -> tuple[int, ...]:
@@ -272,11 +287,16 @@ def finetune_problem(model: Any, image_cf_shape: Sequence[int], values: Sequence
             f"the model is for {model.spatial_dims}-D images with {model.in_channels} channel(s), "
             f"but the image is {dims}-D with {channels} channel(s)"
         )
-    unknown = sorted(set(values) - set(model.class_values))
+    return unknown_labels_problem(values, model.class_values)
+
+
+def unknown_labels_problem(values: Sequence[int], known: Sequence[int]) -> str | None:
+    """Why painted ``values`` cannot train a model of the ``known`` label values (None if they can)."""
+    unknown = sorted(set(values) - set(known))
     if unknown:
         return (
             f"the annotation uses labels {unknown} that the model does not know (its labels are "
-            f"{list(model.class_values)}); train a new model to add classes"
+            f"{list(known)}); train a new model to add classes"
         )
     return None
 

@@ -26,7 +26,10 @@ from .data import annotation_to_target, fit_normalization
 from .errors import InputError
 from .generators import run_to_end
 from .metrics import dice_per_class, mean_dice
-from .rules import check_network_size, check_spacing, check_training_pair, finetune_problem, painted_values
+from .rules import (
+    check_annotation_of, check_network_size, check_spacing, check_training_pair, finetune_problem, painted_values,
+    unknown_labels_problem,
+)
 from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
 from .filters import FilterBank, axis_sigmas, filter_volume
 from .losses import class_weights_from_counts, masked_cross_entropy, sparse_segmentation_loss
@@ -55,7 +58,11 @@ class TrainEvent:
     ``val_dice`` is the mean foreground Dice on the held-out slice, set on the
     steps where it was measured.  ``fit_dice`` is the mean foreground Dice of the
     network's argmax on the painted voxels of the last training batches: how well
-    the painting is fitted, available without holding any of it out.
+    the painting is fitted, available without holding any of it out.  ``loss`` is
+    the cross-entropy on the painted voxels of the step's batch.  Both are the
+    model's as it predicts (the product of the U-Net's and the voxel head's
+    probabilities), not one expert's, so the curve does not jump when the U-Net
+    joins the voxel head.
     """
 
     step: int
@@ -104,10 +111,29 @@ class RunningDice:
 
 @dataclass
 class _Validation:
-    """A held-out annotated slice: input crop (1, C, *crop) and its target (*crop), -1 elsewhere."""
+    """A held-out annotated slice: input crop (1, C, *crop) and its target (*crop), -1 elsewhere.
+
+    The slice is Z plane ``z`` of volume ``volume``; the crop starts at ``start`` with size ``size``.
+    """
 
     image: torch.Tensor
     target: np.ndarray
+    volume: int
+    z: int
+    start: tuple[int, ...]
+    size: tuple[int, ...]
+
+    def take_out(self, targets: list[np.ndarray]) -> None:
+        """Set :attr:`target` from the held-out slice of ``targets`` and remove that slice from them."""
+        v, z = self.volume, self.z
+        crop_target = np.full(self.size, -1, dtype=np.int64)
+        # Only the held-out slice is scored; it sits at index z - start[0] of the crop.
+        slice_target = crop_with_padding(
+            targets[v][z : z + 1], [0, self.start[1], self.start[2]], [1, self.size[1], self.size[2]], fill=-1
+        )
+        crop_target[z - self.start[0]] = slice_target[0]
+        self.target = crop_target
+        targets[v][z] = -1
 
 
 class Trainer:
@@ -199,22 +225,65 @@ class Trainer:
         self._features = bank is not None and feature_bank_fits(bank, self.model_config.in_channels, images_cf)
         # Which features a brightness shift moves, for the sampler's intensity augmentation of features.
         self._level_mask = bank.level_mask(self.model_config.in_channels) if bank is not None and self._features else None
-        raw_images = images_cf
         if self._features:
             images_cf = [filter_volume(bank, self.normalization.apply(image)) for image in images_cf]
-        self._voxel_rows: tuple[np.ndarray, np.ndarray] | None = None
-        if self.model_config.voxel_head:
-            self._voxel_rows = painted_feature_rows(
-                images_cf if self._features else raw_images, targets, None if self._features else bank,
-                self.normalization.apply, MAX_VOXEL_ROWS, np.random.default_rng(config.seed),
-            )
-        self.volumes = [TrainingVolume(image, target) for image, target in zip(images_cf, targets)]
+        self._bank = bank
+        self._images = images_cf  # what patches are cut from: features, or the raw images
+        # Bumped by update_annotations; the training loop rebuilds its sampler and voxel batches when it changes.
+        self._data_version = 0
+        self._set_targets(targets)
         self._initial = initial
         self._best_state: dict[str, torch.Tensor] | None = None
         self._best_score = -math.inf
         self._best_cache: SegmentationModel | None = None
         self._network: torch.nn.Module | None = None
         self._history: dict[str, Any] = {}
+
+    # ----------------------------------------------------------- training data
+    def _set_targets(self, targets: list[np.ndarray]) -> None:
+        """The training data for ``targets`` (class index per voxel, -1 unpainted): volumes and painted-voxel rows."""
+        self._voxel_rows: tuple[np.ndarray, np.ndarray] | None = None
+        if self.model_config.voxel_head:
+            self._voxel_rows = painted_feature_rows(
+                self._images, targets, None if self._features else self._bank, self.normalization.apply,
+                MAX_VOXEL_ROWS, np.random.default_rng(self.config.seed + self._data_version),
+            )
+        self.volumes = [TrainingVolume(image, target) for image, target in zip(self._images, targets)]
+        self._painted_voxels = sum(int(np.count_nonzero(t >= 0)) for t in targets)
+
+    @property
+    def painted_voxels(self) -> int:
+        """Painted voxels the training steps learn from (the held-out validation slice not counted)."""
+        return self._painted_voxels
+
+    def update_annotations(self, annotations: Sequence[Any]) -> int:
+        """Train on ``annotations`` (one per image, as given at start) from the next step on.
+
+        For corrections painted while training runs: call it between steps (from
+        the thread that iterates :meth:`run`).  The annotations are checked with
+        the rules they were checked with at the start, and may only use the
+        labels the model has.  The network, optimiser and voxel-head bin edges
+        carry on; the best model is chosen anew among those trained on the new
+        annotations.  Returns :attr:`painted_voxels`.
+
+        Raises:
+            InputError: a bad annotation or a label the model does not know; training goes on unchanged.
+        """
+        if len(annotations) != len(self.volumes):
+            raise InputError(f"expected {len(self.volumes)} annotation(s), one per image, got {len(annotations)}")
+        checked = [check_annotation_of(a, v.target.shape) for a, v in zip(annotations, self.volumes)]
+        problem = unknown_labels_problem(painted_values([counts for _, counts in checked]), self.class_values)
+        if problem:
+            raise InputError(f"cannot learn what was painted while training: {problem}")
+        targets = [annotation_to_target(a, self.class_values).astype(np.int16) for a, _ in checked]
+        if self._validation is not None:
+            self._validation.take_out(targets)
+        if not any((t >= 0).any() for t in targets):
+            raise InputError("nothing is painted outside the held-out validation slice")
+        self._data_version += 1
+        self._set_targets(targets)
+        self._best_score = -math.inf
+        return self.painted_voxels
 
     # ----------------------------------------------------------------- setup
     def _hold_out(self, images_cf: list[Any], targets: list[np.ndarray]) -> _Validation | None:
@@ -239,18 +308,17 @@ class Trainer:
             extent = int(math.ceil(extent / multiple[axis]) * multiple[axis])
             size.append(extent)
             start.append(int((lo + hi) // 2 - extent // 2))
-        crop_target = np.full(size, -1, dtype=np.int64)
-        # Only the held-out slice is scored; it sits at index z - start[0] of the crop.
-        slice_target = crop_with_padding(targets[v][z : z + 1], [0, start[1], start[2]], [1, size[1], size[2]], fill=-1)
-        crop_target[z - start[0]] = slice_target[0]
         halo = self.model_config.input_halo
         image = self.normalization.apply(
             crop_with_padding(images_cf[v], [s - h for s, h in zip(start, halo)], [n + 2 * h for n, h in zip(size, halo)], fill=None)
         )
-        targets[v][z] = -1
+        validation = _Validation(torch.from_numpy(image)[None], np.zeros(0), v, z, tuple(start), tuple(size))
+        kept = targets[v][z].copy()
+        validation.take_out(targets)
         if not any((t >= 0).any() for t in targets):
+            targets[v][z] = kept
             return None
-        return _Validation(image=torch.from_numpy(image)[None], target=crop_target)
+        return validation
 
     # ----------------------------------------------------------------- models
     def _snapshot(self, network: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -321,25 +389,17 @@ class Trainer:
         memory_format = preferred_memory_format(device, amp_dtype, self.model_config.spatial_dims)
         network.to(device=device, memory_format=memory_format).train()
         self._network = network
-        sampler = PatchSampler(
-            self.volumes,
-            self.patch_size,
-            len(self.class_values),
-            normalize=_as_float32 if self._features else self.normalization.apply,
-            rng=rng,
-            augment=config.augment,
-            elastic=config.elastic,
-            spacing=self.spacing,
-            halo=(0,) * self.model_config.spatial_dims if self._features else self.model_config.input_halo,
-            intensity_strength=config.intensity_augment,
-            level_mask=self._level_mask,
-        )
-        weights = torch.from_numpy(class_weights_from_counts(sampler.class_counts, config.max_class_weight)).to(device)
-        voxel_batches = self._voxel_batches(network, device, weights)
+        version = self._data_version
+        sampler, weights, voxel_batches = self._training_data(network, device, rng, fit_bins=self._initial is None)
+        # The voxel head alone first gives a model within seconds while the U-Net is untrained;
+        # a model being fine-tuned has both experts trained already.
+        voxel_warmup = config.voxel_warmup if self._initial is None else 0.0
         optimizer = torch.optim.AdamW(_parameter_groups(network), lr=config.learning_rate, weight_decay=config.weight_decay)
         # float16 needs loss scaling against underflow; bfloat16 has float32's range.
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         previous_steps = int(self._initial.history.get("steps", 0)) if self._initial is not None else 0
+        if self._initial is not None and self._validation is not None:
+            self._score_and_keep(network)  # a fine-tuned model is kept only when it beats the one it continues from
         start = time.perf_counter()
         step, loss_value, bad_steps = 0, math.nan, 0
         fit_counts = RunningDice(len(self.class_values))
@@ -354,22 +414,29 @@ class Trainer:
                 lr = self._learning_rate(step, progress)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
+                if version != self._data_version:  # annotations changed (update_annotations): train on them from now on
+                    version = self._data_version
+                    sampler, weights, voxel_batches = self._training_data(network, device, rng, fit_bins=False)
                 optimizer.zero_grad(set_to_none=True)
-                if voxel_batches is not None and progress < config.voxel_warmup:
+                if voxel_batches is not None and progress < voxel_warmup:
                     # The per-voxel classifier alone first: thousands of painted voxels a step, milliseconds each.
+                    # The U-Net's logits are still zero (model.UNet), so the model's probabilities are the head's.
                     with autocast(device, amp_dtype):
-                        loss, logits, y_t = voxel_batches()
+                        loss, shown, shown_target = voxel_batches()
+                    shown = shown.detach()
                 else:
                     x, y = sampler.batch(config.batch_size)
                     x_t = torch.from_numpy(x).to(device, non_blocking=True).contiguous(memory_format=memory_format)
                     y_t = torch.from_numpy(y).to(device, non_blocking=True)
                     with autocast(device, amp_dtype):
-                        logits = network.classify(x_t) if self._features else network(x_t)
+                        features = x_t if self._features or network.filters is None else network.filters(x_t)
+                        logits = network.classify(features)
                         loss = sparse_segmentation_loss(logits, y_t, weights, config.dice_weight)
                         if voxel_batches is not None:
                             loss = loss + voxel_batches()[0]
+                    shown, shown_target = _as_predicted(network, features, logits, y_t)
                 loss_value = float(loss.detach())
-                fit_counts.add(logits.detach(), y_t)
+                fit_counts.add(shown, shown_target)
                 if not math.isfinite(loss_value):
                     # Skip the step: the weights stay the last good ones.
                     bad_steps += 1
@@ -380,6 +447,7 @@ class Trainer:
                         )
                     continue
                 bad_steps = 0
+                shown_loss = float(masked_cross_entropy(shown, shown_target, weights))
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
@@ -389,14 +457,14 @@ class Trainer:
                         averaged = torch.optim.swa_utils.AveragedModel(network)
                     averaged.update_parameters(network)
                 elapsed = time.perf_counter() - start
-                self._history = {"steps": previous_steps + step, "seconds": elapsed, "loss": loss_value}
+                self._history = {"steps": previous_steps + step, "seconds": elapsed, "loss": shown_loss}
                 val_dice = None
                 if step % config.validate_every == 0:
                     val_dice = self._score_and_keep(network)
                 yield TrainEvent(
                     step=step,
                     max_steps=config.max_steps,
-                    loss=loss_value,
+                    loss=shown_loss,
                     learning_rate=lr,
                     elapsed=elapsed,
                     progress=min(1.0, self._progress(step, elapsed)),
@@ -423,17 +491,40 @@ class Trainer:
         assert model is not None
         return model
 
-    def _voxel_batches(self, network: torch.nn.Module, device: torch.device, weights: torch.Tensor):
-        """A function giving (loss, logits, target) of a fresh batch of painted voxels; None without a voxel head."""
+    def _training_data(self, network: torch.nn.Module, device: torch.device, rng: np.random.Generator, fit_bins: bool):
+        """(patch sampler, class weights, voxel batches) for the current annotations (see :meth:`_voxel_batches`)."""
+        config = self.config
+        sampler = PatchSampler(
+            self.volumes,
+            self.patch_size,
+            len(self.class_values),
+            normalize=_as_float32 if self._features else self.normalization.apply,
+            rng=rng,
+            augment=config.augment,
+            elastic=config.elastic,
+            spacing=self.spacing,
+            halo=(0,) * self.model_config.spatial_dims if self._features else self.model_config.input_halo,
+            intensity_strength=config.intensity_augment,
+            level_mask=self._level_mask,
+        )
+        weights = torch.from_numpy(class_weights_from_counts(sampler.class_counts, config.max_class_weight)).to(device)
+        return sampler, weights, self._voxel_batches(network, device, weights, fit_bins)
+
+    def _voxel_batches(self, network: torch.nn.Module, device: torch.device, weights: torch.Tensor, fit_bins: bool):
+        """A function giving (loss, logits, target) of a fresh batch of painted voxels; None without a voxel head.
+
+        ``fit_bins``: set the head's bin edges from the painted voxels (a new model only: the
+        edges of a trained head are part of what it learned).
+        """
         head = getattr(network, "voxel_head", None)
         if head is None or self._voxel_rows is None or len(self._voxel_rows[1]) == 0:
             return None
         rows, classes = self._voxel_rows
-        if self._initial is None:
+        if fit_bins:
             head.fit_bins(rows, classes)
         rows_t = torch.from_numpy(rows).to(device)
         classes_t = torch.from_numpy(classes).to(device)
-        generator = torch.Generator().manual_seed(self.config.seed)
+        generator = torch.Generator().manual_seed(self.config.seed + self._data_version)
         size = min(self.config.voxel_batch, len(classes))
         swap = self.config.voxel_swap
 
@@ -466,6 +557,25 @@ class Trainer:
         if step < self.config.warmup_steps:
             return base * (step + 1) / (self.config.warmup_steps + 1)
         return base * max(1.0 - progress, 0.02) ** 0.9
+
+
+@torch.no_grad()
+def _as_predicted(
+    network: torch.nn.Module, features: torch.Tensor, logits: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's log-probabilities as it predicts (U-Net times voxel head) at a batch's painted voxels.
+
+    ``features`` (N, F, *s) and ``logits`` (N, K, *s) are the U-Net's input and
+    output, ``target`` (N, *s) is -1 where unpainted.  Returns ((M, K), (M,)) for
+    the M painted voxels; without a voxel head, the U-Net's (N, K, *s) logits and ``target``.
+    """
+    head = getattr(network, "voxel_head", None)
+    if head is None:
+        return logits.detach().float(), target
+    painted = target >= 0
+    unet = logits.detach().float().movedim(1, -1)[painted]
+    voxel = head.rows(features.detach().float().movedim(1, -1)[painted])
+    return torch.log_softmax(unet, 1) + torch.log_softmax(voxel.float(), 1), target[painted]
 
 
 def _parameter_groups(network: torch.nn.Module) -> list[dict[str, Any]]:
