@@ -102,36 +102,29 @@ def test_checkpoint_settings_without_context_scales_still_load() -> None:
     assert config.context_sigmas == () and config.filter_bank().features_per_channel == 4
 
 
-def test_structure_tensor_matches_scipy_and_leaves_other_features_alone() -> None:
-    """Eigenvalues of the gradient's outer product averaged at σ/2 (ilastik's structure tensor), as scipy gives them."""
-    from scipy import ndimage
+def test_checkpoint_settings_with_the_structure_tensor_switch_off_still_load() -> None:
+    from napari_sparse_unet.core.config import ModelConfig
+    from napari_sparse_unet.core.errors import ConfigError
 
-    sigma = 1.5
+    old = ModelConfig(3, 1, 2, ((1, 2, 2),), filter_sigmas=((1.0, 1.0, 1.0),)).to_dict()
+    assert ModelConfig.from_dict({**old, "filter_structure_tensor": False}) == ModelConfig.from_dict(old)
+    with pytest.raises(ConfigError, match="structure-tensor"):
+        ModelConfig.from_dict({**old, "filter_structure_tensor": True})
+
+
+@pytest.mark.parametrize("shape", [(7, 23, 30), (7, 9, 4)])  # the second: halos longer than the axes (mirrored again)
+def test_features_of_whole_planes_equal_those_of_the_planes_read_with_their_halo(shape) -> None:
+    from napari_sparse_unet.core.sampling import crop_with_padding
+
+    bank = FilterBank([(0.0, 1.0, 1.0), (1.0, 2.0, 2.0)], 3, hessian=True, context=[(2.0, 4.0, 4.0)])
     rng = np.random.default_rng(0)
-    image = ndimage.gaussian_filter(rng.normal(size=(36, 36, 36)), 1.0).astype(np.float32)
-    plain = FilterBank([(sigma,) * 3], 3, hessian=True)
-    bank = FilterBank([(sigma,) * 3], 3, hessian=True, structure_tensor=True)
-    assert bank.features_per_channel == plain.features_per_channel + 3
-    assert bank.halo[0] > plain.halo[0]
-    config = ModelConfig(spatial_dims=3, in_channels=1, num_classes=2, pool_factors=((2, 2, 2),),
-                         filter_sigmas=((sigma,) * 3,), filter_hessian=True, filter_structure_tensor=True)
-    assert config.input_halo == bank.halo and config.filter_bank().features_per_channel == bank.features_per_channel
-    halo = bank.halo[0]
-    features = bank(torch.from_numpy(image)[None, None])[0].numpy()
-    # The other features are those of the bank without it, on the same output voxels.
-    inner = plain(torch.from_numpy(image[(slice(halo - plain.halo[0], image.shape[0] - halo + plain.halo[0]),) * 3])[None, None])[0].numpy()
-    np.testing.assert_allclose(features[: plain.features_per_channel], inner, atol=1e-5)
-    assert bank.level_mask(1)[: plain.features_per_channel].tolist() == plain.level_mask(1).tolist()
-    assert not bank.level_mask(1)[-3:].any()
-
-    gradient = [ndimage.gaussian_filter(image.astype(np.float64), sigma, order=[int(a == b) for b in range(3)], truncate=3.0) * sigma
-                for a in range(3)]
-    tensor = np.empty((*image.shape, 3, 3))
-    for a in range(3):
-        for b in range(3):
-            tensor[..., a, b] = ndimage.gaussian_filter(gradient[a] * gradient[b], sigma / 2, truncate=3.0)
-    expected = np.linalg.eigvalsh(tensor)[..., ::-1]
-    core = (slice(halo, image.shape[0] - halo),) * 3
-    got = np.moveaxis(features[-3:], 0, -1)
-    np.testing.assert_allclose(got, expected[core], atol=0.02 * np.abs(expected[core]).max())
-    assert np.all(got[..., 0] >= got[..., 1] - 1e-6) and np.all(got[..., 2] >= -1e-4)
+    volume = rng.normal(size=(20, *shape[1:])).astype(np.float32)
+    start, depth = 5, shape[0]
+    halo = bank.halo
+    with_halo = crop_with_padding(volume, [start - halo[0], -halo[1], -halo[2]], [depth + 2 * halo[0], shape[1] + 2 * halo[1], shape[2] + 2 * halo[2]], fill=None)
+    planes = crop_with_padding(volume, [start - halo[0], 0, 0], [depth + 2 * halo[0], *shape[1:]], fill=None)
+    with torch.no_grad():
+        expected = bank(torch.from_numpy(np.ascontiguousarray(with_halo))[None, None])
+        got = bank.planes(torch.from_numpy(np.ascontiguousarray(planes))[None, None])
+    assert got.shape == expected.shape == (1, bank.features_per_channel, depth, *shape[1:])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -51,9 +51,8 @@ class ModelConfig:
     product of the factors along each axis (:meth:`size_multiple`).
 
     ``filter_hessian`` adds the Hessian eigenvalues to the filter bank's
-    features (:class:`.filters.FilterBank`), ``filter_structure_tensor`` the
-    structure tensor's and ``context_sigmas`` its smoothing-only scales;
-    checkpoints from before each was an option load without it.
+    features (:class:`.filters.FilterBank`) and ``context_sigmas`` its
+    smoothing-only scales; checkpoints from before each was an option load without it.
 
     ``voxel_head`` is the hidden width of a per-voxel classifier on the filter
     features whose probabilities multiply the U-Net's (:mod:`.voxel_head`); 0: none.
@@ -71,7 +70,6 @@ class ModelConfig:
     voxel_head: int = 0
     filter_hessian: bool = False
     context_sigmas: tuple[tuple[float, ...], ...] = ()
-    filter_structure_tensor: bool = False
 
     def __post_init__(self) -> None:
         _check(self.spatial_dims in (2, 3), f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
@@ -116,7 +114,7 @@ class ModelConfig:
         """Voxels of context the network reads beyond its output on each side, per axis (the filter bank's)."""
         from .filters import filter_halo
 
-        return filter_halo(self.filter_sigmas, self.spatial_dims, self.filter_structure_tensor, self.context_sigmas)
+        return filter_halo(self.filter_sigmas, self.spatial_dims, context=self.context_sigmas)
 
     def filter_bank(self) -> "FilterBank | None":
         """The fixed filter bank these settings describe; None without one."""
@@ -124,9 +122,7 @@ class ModelConfig:
 
         if not self.filter_sigmas:
             return None
-        return FilterBank(
-            self.filter_sigmas, self.spatial_dims, self.filter_hessian, self.context_sigmas, self.filter_structure_tensor
-        )
+        return FilterBank(self.filter_sigmas, self.spatial_dims, hessian=self.filter_hessian, context=self.context_sigmas)
 
     @property
     def depth(self) -> int:
@@ -155,6 +151,9 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         data = dict(data)
+        # Structure-tensor features were an experiment that lost (benchmarks/RESULTS.md); models without them load.
+        if data.pop("filter_structure_tensor", False):
+            raise ConfigError("this model was made with structure-tensor features, which this version no longer computes")
         data["pool_factors"] = tuple(tuple(level) for level in data["pool_factors"])
         if data.get("conv_kernels") is not None:
             data["conv_kernels"] = tuple(tuple(level) for level in data["conv_kernels"])
@@ -182,9 +181,7 @@ class TrainConfig:
       magnitude, Laplacian at these σ, in units of the finest spacing) is the
       network's first layer, the head start a random forest gets from its
       features; ``()`` turns it off.  ``filter_hessian`` adds the Hessian
-      eigenvalues at each scale (ridge, sheet and blob shape, as ilastik's);
-      ``filter_structure_tensor`` the structure tensor's (off by default, see
-      ``benchmarks/head_vs_forest.py``).
+      eigenvalues at each scale (ridge, sheet and blob shape, as ilastik's).
       ``context_scales``: wider σ with the smoothed intensity only.  The
       forest's fine scales (0.7-5) plus smoothing at 10 and 20 against all
       features at σ 1-20 (benchmarks/sparse_accuracy.py, 180 s, k = 5 along z
@@ -241,7 +238,6 @@ class TrainConfig:
     recalibrate_norm: bool = True
     filter_scales: tuple[float, ...] = (0.7, 1.0, 1.6, 3.5, 5.0)
     filter_hessian: bool = True
-    filter_structure_tensor: bool = False
     context_scales: tuple[float, ...] = (10.0, 20.0)
     equalize: bool = True
     plane_patch_depth: int = 8

@@ -24,6 +24,7 @@ axis, in voxels, array order.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -42,13 +43,9 @@ TRUNCATE = 3.0
 BASIC_FEATURES_PER_SCALE = 3
 
 
-# The structure tensor averages gradient products over this fraction of the scale (ilastik's outer scale).
-STRUCTURE_TENSOR_OUTER = 0.5
-
-
-def features_per_scale(spatial_dims: int, hessian: bool, structure_tensor: bool = False) -> int:
-    """Features per input channel and scale: 3, plus one eigenvalue per spatial axis of the Hessian and of the structure tensor."""
-    return BASIC_FEATURES_PER_SCALE + spatial_dims * (int(hessian) + int(structure_tensor))
+def features_per_scale(spatial_dims: int, hessian: bool) -> int:
+    """Features per input channel and scale: 3, plus one Hessian eigenvalue per spatial axis with ``hessian``."""
+    return BASIC_FEATURES_PER_SCALE + spatial_dims * int(hessian)
 
 
 def axis_sigmas(
@@ -68,20 +65,11 @@ def _radius(sigma: float) -> int:
     return int(math.ceil(TRUNCATE * sigma)) if sigma > 0 else 0
 
 
-def _outer_radius(sigma: float) -> int:
-    """Extra reach of the structure tensor's averaging beyond its gradients' (σ · STRUCTURE_TENSOR_OUTER)."""
-    return _radius(STRUCTURE_TENSOR_OUTER * sigma)
-
-
 def filter_halo(
-    sigmas: Sequence[Sequence[float]],
-    spatial_dims: int,
-    structure_tensor: bool = False,
-    context: Sequence[Sequence[float]] = (),
+    sigmas: Sequence[Sequence[float]], spatial_dims: int, *, context: Sequence[Sequence[float]] = ()
 ) -> tuple[int, ...]:
     """Voxels of input needed beyond the output on each side, per axis, for these scales and context scales."""
-    reach = [tuple(_radius(v) + (_outer_radius(v) if structure_tensor else 0) for v in s) for s in sigmas]
-    reach += [tuple(_radius(v) for v in s) for s in context]
+    reach = [tuple(_radius(v) for v in s) for s in [*sigmas, *context]]
     if not reach:
         return (0,) * spatial_dims
     return tuple(max(r[a] for r in reach) for a in range(spatial_dims))
@@ -108,13 +96,9 @@ def gaussian_kernels(sigma: float) -> np.ndarray:
 
 
 class FilterBank(nn.Module):
-    """(N, C, *(out + 2·halo)) -> (N, C·F, *out): raw, per scale smoothed, |gradient|, LoG (and Hessian, structure tensor eigenvalues), then per context scale smoothed.
+    """(N, C, *(out + 2·halo)) -> (N, C·F, *out): raw, per scale smoothed, |gradient|, LoG (and Hessian eigenvalues), then per context scale smoothed.
 
-    F = 1 + S·:func:`features_per_scale` + len(``context``).  With
-    ``structure_tensor`` each scale adds the eigenvalues of the gradient's
-    outer product averaged over σ/2 (ilastik's structure tensor): how strongly
-    and in how many directions the intensity changes around a voxel, which
-    tells a membrane's sheet from a blob.  Derivatives are scale-normalised
+    F = 1 + S·:func:`features_per_scale` + len(``context``).  Derivatives are scale-normalised
     (× σ and × σ²), so one scale's features are comparable to another's.  The
     Hessian eigenvalues are those of the axes filtered at that scale, in
     descending order, zero-padded to one per spatial axis.  Kernels are buffers
@@ -125,30 +109,26 @@ class FilterBank(nn.Module):
         self,
         sigmas: Sequence[Sequence[float]],
         spatial_dims: int,
+        *,
         hessian: bool = False,
         context: Sequence[Sequence[float]] = (),
-        structure_tensor: bool = False,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
         self.hessian = hessian
-        self.structure_tensor = structure_tensor
         self.sigmas = tuple(tuple(float(v) for v in s) for s in sigmas)
         self.context = tuple(tuple(float(v) for v in s) for s in context)
-        self.halo = filter_halo(self.sigmas, spatial_dims, structure_tensor, self.context)
+        self.halo = filter_halo(self.sigmas, spatial_dims, context=self.context)
         for i, sigma in enumerate(self.sigmas):
             for axis, s in enumerate(sigma):
                 self.register_buffer(f"k{i}_{axis}", torch.from_numpy(gaussian_kernels(s)).float(), persistent=False)
-                if structure_tensor:
-                    outer = gaussian_kernels(STRUCTURE_TENSOR_OUTER * s)[:1]
-                    self.register_buffer(f"s{i}_{axis}", torch.from_numpy(outer).float(), persistent=False)
         for i, sigma in enumerate(self.context):
             for axis, s in enumerate(sigma):
                 self.register_buffer(f"c{i}_{axis}", torch.from_numpy(gaussian_kernels(s)[:1]).float(), persistent=False)
 
     @property
     def features_per_channel(self) -> int:
-        per_scale = features_per_scale(self.spatial_dims, self.hessian, self.structure_tensor)
+        per_scale = features_per_scale(self.spatial_dims, self.hessian)
         return 1 + per_scale * len(self.sigmas) + len(self.context)
 
     def level_mask(self, channels: int) -> np.ndarray:
@@ -158,24 +138,21 @@ class FilterBank(nn.Module):
         """
         per_channel = np.zeros(self.features_per_channel, dtype=bool)
         per_channel[0] = True
-        per_scale = features_per_scale(self.spatial_dims, self.hessian, self.structure_tensor)
+        per_scale = features_per_scale(self.spatial_dims, self.hessian)
         scaled = per_scale * len(self.sigmas)
         per_channel[1 : 1 + scaled : per_scale] = True  # the smoothed intensity leads each scale's block
         per_channel[1 + scaled :] = True  # context: smoothed intensities
         return np.tile(per_channel, channels)
 
-    def _along(self, x: torch.Tensor, kernels: torch.Tensor, axis: int) -> torch.Tensor:
-        """Valid 1-D convolutions along spatial ``axis``: (M, 1, *s) -> (M, len(kernels), *s').
+    def _along(self, x: torch.Tensor, kernels: torch.Tensor, axis: int, reflect: bool = False) -> torch.Tensor:
+        """1-D convolutions along spatial ``axis``: (M, 1, *s) -> (M, len(kernels), *s').
 
-        One convolution with several output kernels: oneDNN runs that several
-        times faster per kernel than one single-kernel convolution each.
+        Valid (s' = s - 2r) or, with ``reflect``, over ``x`` mirrored by r at both
+        ends first (s' = s), as :func:`.sampling.crop_with_padding` mirrors an image.
         """
-        shape = [len(kernels), 1] + [1] * self.spatial_dims
-        shape[2 + axis] = kernels.shape[-1]
-        conv = F.conv3d if self.spatial_dims == 3 else F.conv2d
-        return conv(x, kernels.reshape(shape).to(x.dtype))
+        return convolve_along(x, kernels, axis, reflect)
 
-    def _derivatives(self, x: torch.Tensor, index: int) -> dict[tuple[int, ...], torch.Tensor]:
+    def _derivatives(self, x: torch.Tensor, index: int, reflect: Sequence[bool]) -> dict[tuple[int, ...], torch.Tensor]:
         """Gaussian derivatives of (M, 1, *s) at scale ``index``, keyed by their order along each axis.
 
         Orders up to 2 in all: with ``hessian`` every one (mixed too), else the
@@ -197,7 +174,7 @@ class FilterBank(nn.Module):
                     continue
                 # Without the Hessian only a map not yet differentiated takes a derivative.
                 orders = 3 - done if self.hessian or done == 0 else 1
-                out = self._along(torch.cat([maps[key] for key in keys]), kernels[:orders], axis)
+                out = self._along(torch.cat([maps[key] for key in keys]), kernels[:orders], axis, reflect[axis])
                 for i, key in enumerate(keys):
                     for order in range(orders):
                         new[key + (order,)] = out[i * m : (i + 1) * m, order : order + 1]
@@ -205,18 +182,30 @@ class FilterBank(nn.Module):
         return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._features(x, (False,) * self.spatial_dims)
+
+    def planes(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, D + 2·halo[0], *rest) -> (N, C·F, D, *rest): features of whole planes.
+
+        Valid along the first axis, mirrored at the ends of the others: the same
+        numbers :meth:`forward` gives for the planes read with the halo mirrored at the
+        border (mirroring along one axis commutes with filtering along another), without
+        filtering a halo along the other axes.
+        """
+        return self._features(x, (False,) + (True,) * (self.spatial_dims - 1))
+
+    def _features(self, x: torch.Tensor, reflect: Sequence[bool]) -> torch.Tensor:
+        """Features of ``x``, which carries the halo along the axes not in ``reflect``."""
         n, c = x.shape[:2]
         dims = self.spatial_dims
+        halo = tuple(0 if r else h for h, r in zip(self.halo, reflect))
         flat = x.reshape(n * c, 1, *x.shape[2:])
-        out_shape = [s - 2 * h for s, h in zip(x.shape[2:], self.halo)]
-        features = [_crop(flat, self.halo)]
-        per_scale = features_per_scale(dims, self.hessian, self.structure_tensor)
+        out_shape = [s - 2 * h for s, h in zip(x.shape[2:], halo)]
+        features = [_crop(flat, halo)]
+        per_scale = features_per_scale(dims, self.hessian)
         for i, sigma in enumerate(self.sigmas):
-            # The structure tensor averages gradients over σ/2 more: they are computed that much wider.
-            outer = tuple(_outer_radius(s) if self.structure_tensor else 0 for s in sigma)
-            trim = tuple(h - _radius(s) - o for h, s, o in zip(self.halo, sigma, outer))
-            wide = self._derivatives(_crop(flat, trim), i)
-            maps = {key: _crop(value, outer) for key, value in wide.items()}
+            trim = tuple(0 if r else h - _radius(s) for h, s, r in zip(halo, sigma, reflect))
+            maps = self._derivatives(_crop(flat, trim), i, reflect)
             active = [a for a in range(dims) if sigma[a] > 0]
             smooth = maps[(0,) * dims]
             scale = max(sigma)
@@ -229,42 +218,99 @@ class FilterBank(nn.Module):
                     hessian = [[maps[_order(dims, a, b)] * scale**2 for b in active] for a in active]
                     eigenvalues = symmetric_eigenvalues(hessian)
                     features += eigenvalues + [torch.zeros_like(smooth)] * (dims - len(eigenvalues))
-                if self.structure_tensor:
-                    eigenvalues = symmetric_eigenvalues(self._structure_tensor(wide, i, active, scale))
-                    features += eigenvalues + [torch.zeros_like(smooth)] * (dims - len(eigenvalues))
             else:
                 features += [smooth] + [torch.zeros_like(smooth)] * (per_scale - 1)
         for i, sigma in enumerate(self.context):
-            smooth = _crop(flat, tuple(h - _radius(s) for h, s in zip(self.halo, sigma)))
+            smooth = _crop(flat, tuple(0 if r else h - _radius(s) for h, s, r in zip(halo, sigma, reflect)))
             for axis in range(dims):
                 if sigma[axis] > 0:
-                    smooth = self._along(smooth, getattr(self, f"c{i}_{axis}"), axis)
+                    smooth = self._along(smooth, getattr(self, f"c{i}_{axis}"), axis, reflect[axis])
             features.append(smooth)
         out = torch.cat(features, dim=1)
         assert list(out.shape[2:]) == out_shape, (out.shape, out_shape)
         # (N·C, F, *out) -> (N, C·F, *out), channel-major so channel c's features stay together.
         return out.reshape(n, c * out.shape[1], *out_shape)
 
-    def _structure_tensor(
-        self, wide: dict[tuple[int, ...], torch.Tensor], index: int, active: list[int], scale: float
-    ) -> list[list[torch.Tensor]]:
-        """Scale-normalised gradient products over the active axes, averaged at σ/2: nested (A, A) lists of maps.
 
-        ``wide`` holds the scale's derivatives computed σ/2's reach beyond the output,
-        which the valid averaging consumes.
-        """
-        dims = self.spatial_dims
-        gradient = [wide[_order(dims, a)] * scale for a in active]
-        pairs = [(p, q) for p in range(len(active)) for q in range(p, len(active))]
-        averaged = torch.cat([gradient[p] * gradient[q] for p, q in pairs], dim=1)  # (M, pairs, *s)
-        m = averaged.shape[0]
-        averaged = averaged.reshape(m * len(pairs), 1, *averaged.shape[2:])
-        for axis in range(dims):
-            if self.sigmas[index][axis] > 0:
-                averaged = self._along(averaged, getattr(self, f"s{index}_{axis}"), axis)
-        averaged = averaged.reshape(m, len(pairs), *averaged.shape[2:])
-        element = {pair: averaged[:, j : j + 1] for j, pair in enumerate(pairs)}
-        return [[element[(min(p, q), max(p, q))] for q in range(len(active))] for p in range(len(active))]
+# Outputs per band of the banded convolution matrix: the band reads its outputs plus 2r inputs, so a
+# band several kernels long keeps the wasted multiplications (zeros in the band) small.
+BAND_OUTPUTS = 64
+
+
+def convolve_along(x: torch.Tensor, kernels: torch.Tensor, axis: int, reflect: bool = False) -> torch.Tensor:
+    """1-D convolutions (correlations) of maps (M, 1, *s) along spatial ``axis``: (M, K, *s').
+
+    Computed as products with banded Toeplitz matrices: a single-input-channel
+    convolution with a long 1-D kernel runs at a few per cent of a CPU's matrix
+    rate (benchmarks/RESULTS.md, "Prediction by stage").  Valid (s' = s - 2r for
+    kernels of length 2r + 1) or, with ``reflect``, as if ``x`` were mirrored by r
+    at both ends (s' = s), the mirror folded into the matrix.
+    """
+    dim = 2 + axis
+    if torch.jit.is_tracing():
+        # A traced graph must not depend on the input's size (bioimage.io export): the plain convolution.
+        assert not reflect, "traced filter banks take their halo"
+        shape = [kernels.shape[0], 1] + [1] * (x.ndim - 2)
+        shape[dim] = kernels.shape[-1]
+        return (F.conv3d if x.ndim == 5 else F.conv2d)(x, kernels.reshape(shape).to(x.dtype))
+    m, size = x.shape[0], x.shape[dim]
+    count = kernels.shape[0]
+    bands = _bands(tuple(map(tuple, kernels.tolist())), size, reflect)
+    size_out = bands[-1][1]
+    last = dim == x.ndim - 1
+    rest = x.shape[2:dim]
+    # Left products along an inner axis: (B, n, W) -> (B, K·n', W); right products along the last: (B, n) -> (B, n'·K).
+    flat = x.reshape(m * math.prod(rest), size, -1) if not last else x.reshape(-1, size)
+    parts = []
+    for _, _, low, high, left, right in bands:
+        matrix = (right if last else left).to(device=x.device, dtype=x.dtype)
+        if last:
+            parts.append(torch.matmul(flat[:, low:high], matrix))  # (B, (stop - start)·K)
+        else:
+            parts.append(torch.matmul(matrix, flat[:, low:high]))  # (B, K·(stop - start), W)
+    if last:
+        out = torch.cat([p.reshape(-1, p.shape[1] // count, count) for p in parts], 1)  # (B, n', K)
+        out = out.reshape(m, *rest, size_out, count).movedim(-1, 1)
+    else:
+        out = torch.cat([p.reshape(p.shape[0], count, -1, p.shape[-1]) for p in parts], 2)  # (B, K, n', W)
+        out = out.reshape(m, *rest, count, size_out, *x.shape[dim + 1 :]).movedim(1 + len(rest), 1)
+    return out.contiguous()
+
+
+@functools.lru_cache(maxsize=256)
+def _bands(
+    kernels: tuple[tuple[float, ...], ...], size: int, reflect: bool
+) -> tuple[tuple[int, int, int, int, torch.Tensor, torch.Tensor], ...]:
+    """The convolution matrix of an axis of ``size``, cut into bands of outputs.
+
+    Each band: (out start, out stop, in start, in stop, left, right), ``left`` the
+    (K·n_out, n_in) matrix for products from the left (kernel-major rows) and
+    ``right`` the (n_in, n_out·K) one for products from the right (output-major columns).
+    """
+    weights = np.asarray(kernels, dtype=np.float64)  # (K, L)
+    count, length = weights.shape
+    r = length // 2
+    size_out = size if reflect else size - 2 * r
+    full = np.zeros((count, size_out, size))
+    outputs = np.arange(size_out)
+    for t in range(length):
+        if reflect:
+            from .sampling import reflect_indices
+
+            inputs = reflect_indices(-r + t, size_out, size)
+        else:
+            inputs = outputs + t
+        np.add.at(full, (slice(None), outputs, inputs), weights[:, t : t + 1])
+    bands = []
+    for start in range(0, size_out, BAND_OUTPUTS):
+        stop = min(start + BAND_OUTPUTS, size_out)
+        used = np.flatnonzero(np.abs(full[:, start:stop]).sum(axis=(0, 1)) > 0)
+        low, high = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
+        block = full[:, start:stop, low:high]  # (K, n, n_in)
+        left = torch.from_numpy(block.reshape(count * (stop - start), high - low)).float()
+        right = torch.from_numpy(np.ascontiguousarray(block.transpose(2, 1, 0).reshape(high - low, -1))).float()
+        bands.append((start, stop, low, high, left, right))
+    return tuple(bands)
 
 
 def _order(dims: int, *axes: int) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from .data import model_lut
 from .errors import InputError
 from .generators import run_to_end
 from .rules import check_network_size, image_for_model
-from .sampling import crop_with_padding
+from .sampling import reflect_indices, crop_with_padding
 from .tiling import SlabStitcher, blending_window, per_axis_values, overlap_voxels, tile_grid
 from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
 
@@ -56,6 +56,8 @@ _FIXED_BYTES = 64 * 2**20
 # MB), but bigger tiles are also closer to a whole-volume pass with instance
 # norm, so big budgets still get big tiles.
 _TILE_OVERHEAD_VOXELS = 32_768
+# Output voxels filtered at once when a row's features are computed (bounds the filter bank's temporaries).
+_FEATURE_VOXELS = 1 << 21
 # Rows of a finished slab turned into labels at once (bounds the argmax temporaries).
 _ARGMAX_VOXELS = 1 << 20
 
@@ -72,7 +74,13 @@ class PredictEvent:
 # --------------------------------------------------------------------------- predictor
 
 
-def make_predictor(model: Any, device: str | torch.device = "cpu", mixed_precision: bool = True, tta: bool = False) -> Predictor:
+def make_predictor(
+    model: Any,
+    device: str | torch.device = "cpu",
+    mixed_precision: bool = True,
+    tta: bool = False,
+    on_features: bool = False,
+) -> Predictor:
     """Wrap a network as a :data:`Predictor` returning softmax probabilities.
 
     Args:
@@ -82,6 +90,9 @@ def make_predictor(model: Any, device: str | torch.device = "cpu", mixed_precisi
         mixed_precision: autocast where the device is fast at it (CUDA; CPUs with
             native bfloat16), see :mod:`.device`.
         tta: average over all flips of the spatial axes (2^dims passes).
+        on_features: the predictor takes the network's filter-bank features (N, C·F, *tile)
+            (see :func:`make_featurizer`) instead of the image; every feature is a flip-invariant
+            map (smoothing, magnitudes, eigenvalues), so flipped features are the flipped image's.
 
     The caller's network is never modified: it is copied when it has to move
     to another device or be put in eval mode (e.g. a network still training).
@@ -99,7 +110,7 @@ def make_predictor(model: Any, device: str | torch.device = "cpu", mixed_precisi
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=memory_format)
         with autocast(device, amp_dtype):
-            logits = network(x)
+            logits = network.classify(x) if on_features else network(x)
         return torch.softmax(logits.float(), dim=1)
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
@@ -120,6 +131,28 @@ def make_predictor(model: Any, device: str | torch.device = "cpu", mixed_precisi
             return total / count
 
     return predictor
+
+
+Featurizer = Callable[[torch.Tensor], torch.Tensor]
+"""(1, C, D + 2·halo[0], *rest) float32 normalised planes -> (1, C·F, D, *rest) filter-bank features
+(:meth:`.filters.FilterBank.planes`: valid along the first axis, mirrored at the ends of the others)."""
+
+
+def make_featurizer(model: Any, device: str | torch.device = "cpu", mixed_precision: bool = True) -> Featurizer | None:
+    """The network's filter bank as a :data:`Featurizer` on ``device``, in the predictor's precision; None without a bank."""
+    network = getattr(model, "network", model)
+    bank = getattr(network, "filters", None)
+    if bank is None:
+        return None
+    device = torch.device(device)
+    amp_dtype = autocast_dtype(device, mixed_precision)
+    bank = copy.deepcopy(bank).to(device)
+
+    def featurize(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(device, amp_dtype):
+            return bank.planes(x.to(device=device, dtype=torch.float32))
+
+    return featurize
 
 
 # --------------------------------------------------------------------------- tile size
@@ -227,6 +260,63 @@ def _read_tile(
     return np.asarray(x, dtype=np.float32)
 
 
+class _RowFeatures:
+    """Filter-bank features of one row of tiles at a time, cut into tiles: (C·F, *tile) tensors.
+
+    A row is the tile's depth from one first-axis start, over the image's whole extent
+    along the other axes (mirrored where a tile reaches past the border: every feature
+    is mirror-symmetric, as the image padding is).  Its planes are read with the halo
+    along the first axis, normalised once, and filtered in slabs of at most
+    ``_FEATURE_VOXELS`` voxels (bounding the bank's temporaries); they are kept in the
+    featurizer's precision.
+    """
+
+    def __init__(
+        self,
+        image_cf: Any,
+        featurize: Featurizer,
+        normalize: Callable[[np.ndarray], np.ndarray] | None,
+        halo: Sequence[int] | None,
+        tile: Sequence[int],
+    ) -> None:
+        self.image_cf, self.featurize, self.normalize = image_cf, featurize, normalize
+        self.tile_shape = tuple(int(t) for t in tile)
+        self.depth_halo = 0 if halo is None else int(halo[0])
+        self.row_start: int | None = None
+        self.features: torch.Tensor | None = None
+
+    def tile(self, start: Sequence[int]) -> torch.Tensor:
+        if start[0] != self.row_start:
+            self.features = None  # free the last row before computing the next
+            self.features = self._compute(int(start[0]))
+            self.row_start = int(start[0])
+        tile = self.features
+        assert tile is not None
+        for axis, (a, t) in enumerate(zip(start[1:], self.tile_shape[1:]), start=2):
+            size = tile.shape[axis]
+            if 0 <= a and a + t <= size:
+                tile = tile.narrow(axis, a, t)
+            else:
+                tile = tile.index_select(axis, torch.from_numpy(reflect_indices(a, t, size)))
+        return tile
+
+    def _compute(self, row_start: int) -> torch.Tensor:
+        rest = tuple(int(n) for n in self.image_cf.shape[2:])
+        depth, halo = self.tile_shape[0], self.depth_halo
+        planes = _read_tile(self.image_cf, (row_start, *[0] * len(rest)), (depth, *rest), self.normalize, (halo, *[0] * len(rest)))
+        planes_t = torch.from_numpy(planes)  # (C, depth + 2·halo, *rest) float32
+        step = max(1, _FEATURE_VOXELS // max(1, math.prod(rest)))
+        features: torch.Tensor | None = None
+        for a in range(0, depth, step):
+            b = min(a + step, depth)
+            part = self.featurize(planes_t[None, :, a : b + 2 * halo])[0].cpu()
+            if features is None:
+                features = torch.empty((part.shape[0], depth, *rest), dtype=part.dtype)
+            features[:, a:b] = part
+        assert features is not None
+        return features
+
+
 def sliding_window_predict(
     predictor: Predictor,
     image_cf: Any,
@@ -243,6 +333,7 @@ def sliding_window_predict(
     halo: Sequence[int] | None = None,
     slab_hooks: Sequence[SlabHook] = (),
     tiles: Sequence[Sequence[int]] | None = None,
+    featurize: Featurizer | None = None,
 ) -> Generator[PredictEvent, None, None]:
     """Predict ``image_cf`` tile by tile and write the blended result slab by slab.
 
@@ -272,6 +363,11 @@ def sliding_window_predict(
         tiles: start corners of the tiles to predict, a product of per-axis starts in
             :func:`.tiling.tile_grid` order (a block's share of a whole volume's tiles); the
             outputs then cover the tiles' bounding box only.  Default: the whole image's grid.
+        featurize: the network's filter bank (:func:`make_featurizer`); the predictor then
+            takes features.  The features under a row of tiles (one first-axis start, the
+            image's whole extent along the other axes) are computed once and cut into tiles:
+            a tile filtering its own halo would filter the overlap and the halo again for
+            every tile.
     """
     spatial = tuple(int(s) for s in image_cf.shape[1:])
     tile = tuple(int(t) for t in tile_size)
@@ -296,10 +392,14 @@ def sliding_window_predict(
     device = torch.device(device)
     started = time.perf_counter()
     done = 0
+    rows = _RowFeatures(image_cf, featurize, normalize, halo, tile) if featurize is not None else None
     for first in range(0, len(grid), max(1, int(batch_size))):
         starts = grid[first : first + max(1, int(batch_size))]
-        batch = np.stack([_read_tile(image_cf, s, tile, normalize, halo) for s in starts])
-        output = predictor(torch.from_numpy(batch).to(device))
+        if rows is not None:
+            batch = torch.stack([rows.tile(s) for s in starts])
+        else:
+            batch = torch.from_numpy(np.stack([_read_tile(image_cf, s, tile, normalize, halo) for s in starts]))
+        output = predictor(batch.to(device))
         output = output.detach().to("cpu", torch.float32).numpy()
         expected = (len(starts), num_classes, *tile)
         if output.shape != expected:
@@ -424,8 +524,10 @@ def predict_iter(
 def model_window(model: Any, config: PredictConfig) -> dict[str, Any]:
     """:func:`sliding_window_predict`'s settings for ``model`` (all but the image, tiling and outputs)."""
     device = resolve_device(config.device)
+    featurize = make_featurizer(model, device, config.mixed_precision)
     return {
-        "predictor": make_predictor(model, device, config.mixed_precision, config.tta),
+        "predictor": make_predictor(model, device, config.mixed_precision, config.tta, on_features=featurize is not None),
+        "featurize": featurize,
         "num_classes": model.num_classes,
         "lut": model_lut(model),
         "normalize": model.normalization.apply,

@@ -32,7 +32,7 @@ class TrainingVolume:
         return [np.flatnonzero(flat == k) for k in range(num_classes)]
 
 
-def _reflect_indices(start: int, size: int, dim: int) -> np.ndarray:
+def reflect_indices(start: int, size: int, dim: int) -> np.ndarray:
     """Indices start..start+size-1 mirrored into [0, dim) (numpy's "reflect" padding)."""
     index = np.arange(start, start + size)
     if dim == 1:
@@ -57,7 +57,7 @@ def crop_with_padding(array: Any, start: Sequence[int], size: Sequence[int], fil
             dst = tuple(slice(lo - s, hi - s) for (lo, hi), s in zip(inside, start))
             out[(Ellipsis, *dst)] = array[(Ellipsis, *(slice(lo, hi) for lo, hi in inside))]
         return out
-    indices = [_reflect_indices(s, n, d) for s, n, d in zip(start, size, spatial)]
+    indices = [reflect_indices(s, n, d) for s, n, d in zip(start, size, spatial)]
     block = np.asarray(array[(Ellipsis, *(slice(int(i.min()), int(i.max()) + 1) for i in indices))])
     for axis, index in enumerate(indices):
         if index[0] != index.min() or np.any(np.diff(index) != 1):

@@ -211,7 +211,6 @@ class Trainer:
                 ),
                 voxel_head=config.voxel_head if config.filter_scales else 0,
                 filter_hessian=config.filter_hessian,
-                filter_structure_tensor=config.filter_structure_tensor,
             )
             default_names = ["background"] + [f"class {v}" for v in self.class_values[1:]]
             self.class_names = tuple(class_names) if class_names is not None else tuple(default_names)

@@ -109,7 +109,7 @@ class VoxelHead(nn.Module):
         """
         knots, inverse_length, start, change = table
         features, segments = inverse_length.shape
-        x = torch.clamp(columns, knots[:, :1], knots[:, -1:])
+        x = torch.clamp(columns, knots[:, :1], knots[:, -1:]).contiguous()
         # The segment is the number of inner knots at or below the value.
         segment = torch.searchsorted(knots[:, 1:-1].contiguous(), x, right=True, out_int32=True)
         fraction = ((x - knots[:, :-1].gather(1, segment.long())) * inverse_length.gather(1, segment.long())).clamp_(0.0, 1.0)
