@@ -1,7 +1,8 @@
-"""napari stays smooth while the widget trains: the event loop never stalls for long.
+"""napari stays smooth while the widget trains and predicts: the event loop never stalls for long.
 
-A 20 ms QTimer runs in a real napari window (virtual display) while the widget
-trains on the generated sample (40×128×128, CPU preset, previews on).  Every
+A 20 ms QTimer runs in a real napari window (virtual display) from before the
+Train click while the widget trains on the generated sample (40×128×128, CPU
+preset, previews on) and then predicts it, until the prediction is shown.  Every
 gap between two ticks is a stall of the main thread: work done on it, or a
 wait for the GIL.  On a machine shared with other work, the operating system
 also keeps our threads waiting; Linux counts that per thread as run-queue time
@@ -26,7 +27,12 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 TRAIN_SECONDS = 10
 PREVIEW_SECONDS = 2.0
-LIMIT = 0.1  # the longest stall allowed while training, seconds
+LIMIT = 0.1  # the longest stall allowed from the first training step until the prediction is shown, seconds
+# The longest allowed between the Train click and the first step.  The click's own work is
+# spread over event-loop turns (SparseUNetWidget._start); what is left is napari adding the
+# new prediction layer: about 0.08 s in one call plus 0.04 s of Qt layout and painting right
+# after, on this project's 2-core machine with software OpenGL (was 0.3-0.6 s before).
+SETUP_LIMIT = 0.15
 RESULTS = os.environ.get("SPARSE_UNET_STALL_RESULTS")  # optional JSON file for the figures
 
 
@@ -45,6 +51,7 @@ def _run_queue_waits() -> dict[str, int]:
 def test_event_loop_never_stalls_while_training_on_the_sample(make_napari_viewer, qtbot):
     from qtpy.QtCore import QTimer
 
+    from napari_sparse_unet._layers import PREDICTION_KEY
     from napari_sparse_unet._qt.widget import SparseUNetWidget
     from napari_sparse_unet._sample_data import make_sample_data
 
@@ -82,6 +89,11 @@ def test_event_loop_never_stalls_while_training_on_the_sample(make_napari_viewer
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     finished = time.perf_counter()
     qtbot.wait(200)
+    predict_clicked = time.perf_counter()
+    widget.prediction.predict_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    predicted = time.perf_counter()
+    qtbot.wait(200)
     timer.stop()
 
     def stalls(start: float, stop: float) -> tuple[float, float]:
@@ -95,6 +107,8 @@ def test_event_loop_never_stalls_while_training_on_the_sample(make_napari_viewer
 
     training_raw, training_charged = stalls(first_step, finished)
     setup_raw, setup_charged = stalls(clicked - 0.05, first_step)
+    predict_raw, predict_charged = stalls(predict_clicked - 0.05, predicted)
+    after_raw, after_charged = stalls(first_step, predicted)
     # A preview shown at any time; early ones may rightly be all background.
     previews = any("preview at step" in text for text in statuses)
     figures = {
@@ -105,6 +119,11 @@ def test_event_loop_never_stalls_while_training_on_the_sample(make_napari_viewer
         "setup_longest_gap_less_run_queue_s": round(setup_charged, 3),
         "training_longest_gap_s": round(training_raw, 3),
         "training_longest_gap_less_run_queue_s": round(training_charged, 3),
+        "predict_seconds": round(predicted - predict_clicked, 1),
+        "predict_longest_gap_s": round(predict_raw, 3),
+        "predict_longest_gap_less_run_queue_s": round(predict_charged, 3),
+        "first_step_to_prediction_longest_gap_s": round(after_raw, 3),
+        "first_step_to_prediction_longest_gap_less_run_queue_s": round(after_charged, 3),
         "load_average": os.getloadavg(),
         "previews_shown": bool(previews),
     }
@@ -114,4 +133,8 @@ def test_event_loop_never_stalls_while_training_on_the_sample(make_napari_viewer
             f.write(json.dumps(figures) + "\n")
     widget.shutdown()
     assert widget.model is not None and previews
-    assert training_charged < LIMIT, f"the event loop stalled while training: {figures}"
+    assert any(PREDICTION_KEY in layer.metadata for layer in viewer.layers)
+    assert widget.progress.status_label.text().startswith("Predicted"), widget.progress.status_label.text()
+    # The timer runs from before the Train click (its set-up counts) until the prediction is shown.
+    assert setup_charged < SETUP_LIMIT, f"the event loop stalled while training was set up: {figures}"
+    assert after_charged < LIMIT, f"the event loop stalled while training or predicting: {figures}"

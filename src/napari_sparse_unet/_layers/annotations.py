@@ -35,6 +35,11 @@ def annotation_copy(layer: Labels, image: ImageSnapshot | None = None) -> np.nda
     return np.array(layer.data, copy=True)
 
 
+def annotation_rows(layer: Labels, start: int, stop: int) -> np.ndarray:
+    """Copy of rows ``start:stop`` along axis 0 of an annotation layer's data (edited slices, for a running training)."""
+    return np.array(layer.data[start:stop], copy=True)
+
+
 def add_annotation_layer(viewer: napari.Viewer, image: Image, first_axis_is_channel: bool = False) -> Labels:
     """Add an empty annotation layer with the image's spatial shape, scale and translate.
 
@@ -89,6 +94,8 @@ class AnnotationWatcher:
     Paint events mark the slices they touched, a new ``data`` marks everything,
     and a refresh (undo/redo) marks the viewed slice; :meth:`stats` then
     recounts only what was marked.  ``on_change`` is called after each edit.
+    Objects in :attr:`listeners` (e.g. a ``core.annotation.ChangedRows``) are
+    marked alike, as long as the same layer is followed.
     """
 
     def __init__(self, viewer: napari.Viewer, on_change: Callable[[], None]) -> None:
@@ -96,6 +103,10 @@ class AnnotationWatcher:
         self.on_change = on_change
         self.layer: Labels | None = None
         self.counter = AnnotationCounter()
+        self.listeners: list[Any] = []
+
+    def _marked(self) -> list[Any]:
+        return [self.counter, *self.listeners]
 
     def _slots(self, layer: Labels) -> list[tuple[Any, Callable[..., None]]]:
         events = layer.events
@@ -110,6 +121,8 @@ class AnnotationWatcher:
                 event.disconnect(slot)
         self.layer = layer
         self.counter = AnnotationCounter()
+        for listener in self.listeners:  # edits of another layer: all of it is new to them
+            listener.mark_all()
         if layer is not None:
             for event, slot in self._slots(layer):
                 event.connect(slot)
@@ -122,23 +135,26 @@ class AnnotationWatcher:
 
     def _on_paint(self, event: Any) -> None:
         ranges, unknown = dirty_slices_of_paint(getattr(event, "value", None))
-        if unknown:
-            self.counter.mark_all()
-        for start, stop in ranges:
-            self.counter.mark_range(start, stop)
+        for marked in self._marked():
+            if unknown:
+                marked.mark_all()
+            for start, stop in ranges:
+                marked.mark_range(start, stop)
         self.on_change()
 
     def _on_data(self, *_: Any) -> None:
-        self.counter.mark_all()
+        for marked in self._marked():
+            marked.mark_all()
         self.on_change()
 
     def _on_refresh(self, *_: Any) -> None:
         # A refresh follows undo/redo and slicing; only the viewed slice can have changed.
         view = viewed_slice(self.viewer, self.layer) if self.layer is not None else None
-        if view is None or view[0] != 0:
-            self.counter.mark_all()
-        else:
-            self.counter.mark_slices([view[1]])
+        for marked in self._marked():
+            if view is None or view[0] != 0:
+                marked.mark_all()
+            else:
+                marked.mark_slices([view[1]])
         self.on_change()
 
 

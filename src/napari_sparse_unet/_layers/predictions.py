@@ -47,18 +47,20 @@ def show_prediction(
     image: ImageSnapshot,
     annotation: Labels | None = None,
     name: str = "prediction",
+    visible: bool = True,
 ) -> Labels:
     """Add or update the prediction layer of ``image`` with ``labels`` (*spatial).
 
     Colours are copied from the annotation layer so a class looks the same in
     both; scale and translate are the image's.  Lazy (dask) labels are shown
     as they are, computed where napari reads them, and cannot be painted.
+    ``visible`` applies to a new layer only.
     """
     layer = find_prediction_layer(viewer, image.name, labels.shape)
     if layer is None:
         layer = viewer.add_labels(
             labels, name=name, scale=image.scale, translate=image.translate, opacity=0.6,
-            metadata=_geometry(viewer, image),
+            metadata=_geometry(viewer, image), visible=visible,
         )
         layer.metadata[PREDICTION_KEY] = image.name
     else:
@@ -81,15 +83,22 @@ def prediction_of(viewer: napari.Viewer, image: Image, first_axis_is_channel: bo
 
 
 def ensure_prediction_layer(
-    viewer: napari.Viewer, image: ImageSnapshot, dtype: Any, annotation: Labels | None = None
+    viewer: napari.Viewer, image: ImageSnapshot, dtype: Any, annotation: Labels | None = None, visible: bool = True
 ) -> Labels:
-    """The prediction layer of ``image``, created empty (all 0) when missing."""
+    """The prediction layer of ``image``, created empty (all 0) when missing (shown or not: ``visible``)."""
     layer = find_prediction_layer(viewer, image.name, image.spatial_shape)
     if layer is not None:
         if np.dtype(layer.data.dtype).itemsize < np.dtype(dtype).itemsize:
             layer.data = layer.data.astype(dtype)
         return layer
-    return show_prediction(viewer, np.zeros(image.spatial_shape, dtype=dtype), image, annotation)
+    return show_prediction(viewer, np.zeros(image.spatial_shape, dtype=dtype), image, annotation, visible=visible)
+
+
+def show_prediction_layer(viewer: napari.Viewer, image: ImageSnapshot) -> None:
+    """Make the prediction layer of ``image`` visible (when there is one)."""
+    layer = find_prediction_layer(viewer, image.name, image.spatial_shape)
+    if layer is not None:
+        layer.visible = True
 
 
 def write_preview(layer: Labels, region: tuple[slice, ...], labels: np.ndarray) -> None:

@@ -48,6 +48,11 @@ class CurvesPlot(QWidget):
         self._show()
         self._timer.start()
 
+    def prepare(self) -> None:
+        """Build the (hidden) plot now, so that showing it later is quick."""
+        if self._plot is None:
+            self._build()
+
     def stop(self) -> None:
         """Stop following; draw the final curve (or hide the plot when training made no step)."""
         if self._timer.isActive():

@@ -11,16 +11,18 @@ importing this module (and starting napari) stays fast.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 from .. import _layers
 from ..core.annotation import AnnotationStats
 from ..core.errors import UserInputError
-from ..core.jobs import PredictJob, PredictResult, Preview, TrainJob
+from ..core.jobs import Corrections, PredictJob, PredictResult, Preview, TrainJob
 from ..core.rules import check_instance_class, finetune_problem, model_channels_problem, model_image_problem
+from .corrections import CorrectionFeed
 from .curves_plot import CurvesPlot
 from .data_panel import DataPanel
 from .next_panel import InstancesPanel, NextSlicePanel
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from ..core.checkpoint import SegmentationModel
 
 
+# Milliseconds between the steps of a job's start (see SparseUNetWidget._start).
+START_STEP_MS = 25
 # Largest block of a lazy prediction: napari predicts every block a shown slice touches, whole.
 LAZY_BLOCK_VOXELS = 2**22
 
@@ -52,6 +56,8 @@ class SparseUNetWidget(QWidget):
         self._job_annotation: Any = None
         self._uncertainty_layer: Any = None  # the layer the ranked slices refer to
         self._shut_down = False
+        self._starting = False  # a job's start is spread over a few event-loop turns (see _start)
+        self._correction_problem: str | None = None
 
         self.data = DataPanel(napari_viewer)
         self.training = TrainingPanel()
@@ -69,6 +75,7 @@ class SparseUNetWidget(QWidget):
         layout.addStretch(1)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self.runner = JobRunner(self)
+        self.corrections = CorrectionFeed(self.data.watcher, self)
         self.view = ViewFollower(napari_viewer, self._followed_image, self)
 
         self.data.changed.connect(self._update_buttons)
@@ -88,7 +95,7 @@ class SparseUNetWidget(QWidget):
     # ----------------------------------------------------------------- state
     @property
     def busy(self) -> bool:
-        return self.runner.busy
+        return self._starting or self.runner.busy
 
     @property
     def image_layer(self) -> Any:
@@ -148,6 +155,7 @@ class SparseUNetWidget(QWidget):
     def _on_devices(self, devices: Any) -> None:
         self.devices = tuple(devices)
         self.training.set_devices(self.devices, may_change_preset=not self.busy)
+        self.curves.prepare()  # now, not on the Train click: building the plot takes tens of ms
 
     # --------------------------------------------------------------- training
     def train(self) -> bool:
@@ -176,17 +184,27 @@ class SparseUNetWidget(QWidget):
             else:
                 initial = self.model
         preview = self.training.preview_spin.value()
-        if preview > 0:  # made now, on the click, so no layer is added while training runs
-            _layers.ensure_prediction_layer(self.viewer, image, self._label_dtype(initial, stats), annotation_layer)
+        steps = []
+        if preview > 0:  # made before the job starts, so no layer is added while training runs
+            dtype = self._label_dtype(initial, stats)
+            if _layers.find_prediction_layer(self.viewer, image.name, image.spatial_shape) is None:
+                # Added hidden, then shown in a turn of its own: the first draw of a new layer
+                # (a GL program to build) and adding it take 30-80 ms each.
+                steps.append(lambda: _layers.ensure_prediction_layer(self.viewer, image, dtype, annotation_layer, visible=False))
+                steps.append(lambda: _layers.show_prediction_layer(self.viewer, image))
+            else:
+                steps.append(lambda: _layers.ensure_prediction_layer(self.viewer, image, dtype, annotation_layer))
         job = TrainJob(
             [image.data], [annotation], config, spacing=image.scale, initial=initial,
             class_names=_layers.class_names_of(annotation_layer, stats.class_values if stats else ()),
             view=self.view.viewed, preview_interval=preview, channel_names=image.channel_names or None,
         )
-        self.curves.follow(job.curves)
+        steps.append(lambda: self.curves.follow(job.curves))
+        self._correction_problem = None
+        steps.append(lambda: self.corrections.follow(job, annotation_layer))
         what = "Fine-tuning the current model" if initial is not None else "Training a new model"
         self._start(job, image, annotation_layer, f"{what} on '{image.name}' with '{annotation_layer.name}'…",
-                    yielded=self._on_train_yielded, returned=self._on_train_returned)
+                    yielded=self._on_train_yielded, returned=self._on_train_returned, before=steps)
         return True
 
     @staticmethod
@@ -199,8 +217,20 @@ class SparseUNetWidget(QWidget):
     def _on_train_yielded(self, item: Any) -> None:
         if isinstance(item, Preview):
             self._show_preview(item)
+        elif isinstance(item, Corrections):
+            self._show_corrections(item)
         else:
             self.progress.training_step(item)
+
+    def _show_corrections(self, corrections: Corrections) -> None:
+        if corrections.problem is None:
+            self._correction_problem = None
+            self.progress.status_label.setText(f"Training on your corrections too: {corrections.painted_voxels:,} painted voxels.")
+            return
+        self.progress.status_label.setText(f"Corrections not used: {corrections.problem}.")
+        if corrections.problem != self._correction_problem:  # once, not on every hand-over while it lasts
+            notify("error", f"Corrections painted while training are not used: {corrections.problem}.")
+        self._correction_problem = corrections.problem
 
     def _show_preview(self, preview: Preview) -> None:
         image = self._job_image
@@ -319,11 +349,33 @@ class SparseUNetWidget(QWidget):
         _layers.go_to_slice(self.viewer, layer, axis, index)
 
     # ------------------------------------------------------------------- jobs
-    def _start(self, job: Any, image: _layers.ImageSnapshot, annotation: Any, status: str, *, yielded: Any, returned: Any) -> None:
+    def _start(
+        self, job: Any, image: _layers.ImageSnapshot, annotation: Any, status: str, *, yielded: Any, returned: Any,
+        before: Sequence[Callable[[], Any]] = (),
+    ) -> None:
+        """Start ``job`` after the ``before`` steps, each in its own event-loop turn.
+
+        Each of them (adding a layer, showing the plot) takes tens of ms on the main
+        thread; done in one click handler they stalled napari for 0.3-0.6 s.  They
+        run before the worker starts, so they do not wait for the GIL either.
+        """
         self._job_image, self._job_annotation = image, annotation
-        self.view.update()
-        self.progress.start(status)
-        self.runner.start(job, yielded=yielded, returned=returned, failed=self._on_failed, aborted=self._on_aborted)
+        self._starting = True
+        self._update_buttons()
+        steps = [self.view.update, lambda: self.progress.start(status), *before]
+
+        def next_step() -> None:
+            if self._shut_down:
+                self._starting = False
+                return
+            if steps:
+                steps.pop(0)()
+                QTimer.singleShot(START_STEP_MS, next_step)  # room for other events (a redraw) in between
+                return
+            self._starting = False
+            self.runner.start(job, yielded=yielded, returned=returned, failed=self._on_failed, aborted=self._on_aborted)
+
+        QTimer.singleShot(0, next_step)
 
     def _keep_best_model(self) -> None:
         job = self.runner.job
@@ -342,6 +394,7 @@ class SparseUNetWidget(QWidget):
 
     def _on_busy_changed(self, busy: bool) -> None:
         if not busy:
+            self.corrections.stop()
             self.curves.stop()
             self._job_image = self._job_annotation = None
             self.view.update()
@@ -413,4 +466,8 @@ def _available_devices() -> tuple[str, ...]:
     from ..core.jobs import import_engine
 
     import_engine()
+    try:  # the training plot's library, imported here rather than on the first Train click
+        import pyqtgraph  # noqa: F401
+    except ImportError:
+        pass
     return tuple(available_devices())
