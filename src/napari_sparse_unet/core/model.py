@@ -219,9 +219,13 @@ class UNet(nn.Module):
             x = self.filters(x)
         return self.classify(x)
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits from the filter bank's features (N, C·F, *s) -> (N, K, *s); from the image if there is no bank."""
-        unet, voxel = self.experts(x)
+    def classify(self, x: torch.Tensor, voxel: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from the filter bank's features (N, C·F, *s) -> (N, K, *s); from the image if there is no bank.
+
+        ``voxel``: the voxel head's logits (N, K, *s) of these features when already computed
+        (they do not depend on the tile, so prediction computes them once per row of tiles).
+        """
+        unet, voxel = self.experts(x, voxel)
         if voxel is None:
             return unet
         # Two experts, each trained on its own loss (the U-Net on patches, the voxel head on
@@ -230,10 +234,10 @@ class UNet(nn.Module):
         # the voxel head erred on painted voxels, few once it fitted them: EM 0.645 vs 0.670 at 60 s.
         return torch.log_softmax(unet.float(), 1) + torch.log_softmax(voxel.float(), 1)
 
-    def experts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def experts(self, x: torch.Tensor, voxel: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The U-Net's logits and the voxel head's (None while training or without one), each (N, K, *s).
 
-        ``x`` is what :meth:`classify` takes.  Benchmarks score the two apart.
+        ``x`` and ``voxel`` are what :meth:`classify` takes.  Benchmarks score the two apart.
         """
         features = x
         if self.filters is not None:
@@ -249,7 +253,7 @@ class UNet(nn.Module):
         logits = self.head(x)
         if self.voxel_head is None or self.training:
             return logits, None
-        return logits, self.voxel_head(features)
+        return logits, voxel if voxel is not None else self.voxel_head(features)
 
 
 def build_model(config: ModelConfig) -> UNet:

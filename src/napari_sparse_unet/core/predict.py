@@ -90,9 +90,10 @@ def make_predictor(
         mixed_precision: autocast where the device is fast at it (CUDA; CPUs with
             native bfloat16), see :mod:`.device`.
         tta: average over all flips of the spatial axes (2^dims passes).
-        on_features: the predictor takes the network's filter-bank features (N, C·F, *tile)
-            (see :func:`make_featurizer`) instead of the image; every feature is a flip-invariant
-            map (smoothing, magnitudes, eigenvalues), so flipped features are the flipped image's.
+        on_features: the predictor takes what :func:`make_featurizer` gives, the filter-bank
+            features (N, C·F, *tile) followed by the voxel head's logits (N, K, *tile) if the
+            network has one, instead of the image; every feature is a flip-invariant map
+            (smoothing, magnitudes, eigenvalues), so flipped features are the flipped image's.
 
     The caller's network is never modified: it is copied when it has to move
     to another device or be put in eval mode (e.g. a network still training).
@@ -110,7 +111,13 @@ def make_predictor(
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=memory_format)
         with autocast(device, amp_dtype):
-            logits = network.classify(x) if on_features else network(x)
+            if not on_features:
+                logits = network(x)
+            elif getattr(network, "voxel_head", None) is not None:
+                classes = network.config.num_classes
+                logits = network.classify(x[:, :-classes], voxel=x[:, -classes:])
+            else:
+                logits = network.classify(x)
         return torch.softmax(logits.float(), dim=1)
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
@@ -134,23 +141,28 @@ def make_predictor(
 
 
 Featurizer = Callable[[torch.Tensor], torch.Tensor]
-"""(1, C, D + 2·halo[0], *rest) float32 normalised planes -> (1, C·F, D, *rest) filter-bank features
-(:meth:`.filters.FilterBank.planes`: valid along the first axis, mirrored at the ends of the others)."""
+"""(1, C, D + 2·halo[0], *rest) float32 normalised planes -> (1, C·F (+ K), D, *rest): what the network
+computes voxel by voxel, the same in every tile: its filter-bank features
+(:meth:`.filters.FilterBank.planes`: valid along the first axis, mirrored at the ends of the others),
+then the voxel head's logits if it has one."""
 
 
 def make_featurizer(model: Any, device: str | torch.device = "cpu", mixed_precision: bool = True) -> Featurizer | None:
-    """The network's filter bank as a :data:`Featurizer` on ``device``, in the predictor's precision; None without a bank."""
+    """The network's per-voxel part as a :data:`Featurizer` on ``device``, in the predictor's precision; None without a bank."""
     network = getattr(model, "network", model)
-    bank = getattr(network, "filters", None)
-    if bank is None:
+    if getattr(network, "filters", None) is None:
         return None
     device = torch.device(device)
     amp_dtype = autocast_dtype(device, mixed_precision)
-    bank = copy.deepcopy(bank).to(device)
+    bank, head = copy.deepcopy(network.filters).to(device), copy.deepcopy(network.voxel_head)
+    head = head.to(device).eval() if head is not None else None
 
     def featurize(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(device, amp_dtype):
-            return bank.planes(x.to(device=device, dtype=torch.float32))
+            features = bank.planes(x.to(device=device, dtype=torch.float32))
+            if head is None:
+                return features
+            return torch.cat([features, head(features).to(features.dtype)], 1)
 
     return featurize
 

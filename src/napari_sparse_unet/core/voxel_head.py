@@ -15,6 +15,7 @@ channel-major as :class:`~.filters.FilterBank` gives them; maps are (N, F, *spat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -79,15 +80,12 @@ class VoxelHead(nn.Module):
             logits = torch.cat([rest(self._first_layer(chunk, table)) for chunk in columns.split(CHUNK_ROWS, 1)])
         return logits.reshape(n, *spatial, -1).movedim(-1, 1)
 
-    def knot_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def knot_table(self) -> "KnotTable":
         """The first layer as a piecewise-linear function of each feature, tabulated per segment.
 
         Without the bias, the first layer is a sum over features of ``sum_b W_fb e_fb(x)``,
         and each encoding ``e_fb`` is linear between its bin's two edges, so the sum is
-        linear between consecutive knots (every bin's lower and upper edge, J = 2B per
-        feature).  Returns the knots (F, J) ascending; per segment (F, J - 1) its start
-        and 1 / its length (0 for an empty one); and per segment (F·(J - 1), H) the
-        layer's value at its start and the change to its end.
+        linear between consecutive knots (every bin's lower and upper edge, J = 2B per feature).
         """
         lower, width = self.lower.float(), self.width.float()  # (B, F)
         knots = torch.cat([lower, lower + width]).T.sort(1).values.contiguous()  # (F, J)
@@ -95,32 +93,35 @@ class VoxelHead(nn.Module):
         weight = self.mlp[0].weight.float().reshape(-1, self.bins, self.features)  # (H, B, F): encode's order
         at_knots = torch.einsum("jbf,hbf->fjh", encoded, weight)  # (F, J, H)
         hidden = at_knots.shape[-1]
-        start = at_knots[:, :-1].reshape(-1, hidden).contiguous()
-        change = torch.diff(at_knots, dim=1).reshape(-1, hidden).contiguous()
         length = torch.diff(knots, dim=1)
-        inverse_length = torch.where(length > 0, 1.0 / length.clamp_min(1e-30), torch.zeros_like(length))
-        return knots, inverse_length, start, change
+        return KnotTable(
+            knots=knots,
+            inverse_length=torch.where(length > 0, 1.0 / length.clamp_min(1e-30), torch.zeros_like(length)),
+            start=at_knots[:, :-1].reshape(-1, hidden).contiguous(),
+            change=torch.diff(at_knots, dim=1).reshape(-1, hidden).contiguous(),
+            **_segment_grid(knots),
+        )
 
-    def _first_layer(self, columns: torch.Tensor, table: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _first_layer(self, columns: torch.Tensor, table: "KnotTable") -> torch.Tensor:
         """First-layer activations (M, H) of feature columns (F, M): per feature, its segment's row interpolated.
 
         Below the first knot every encoding is 0 and above the last every one is 1, so a
         value clamped to the knots' range gives the same layer output.
         """
-        knots, inverse_length, start, change = table
-        features, segments = inverse_length.shape
+        knots = table.knots
+        features, segments = table.inverse_length.shape
         x = torch.clamp(columns, knots[:, :1], knots[:, -1:]).contiguous()
-        # The segment is the number of inner knots at or below the value.
-        segment = torch.searchsorted(knots[:, 1:-1].contiguous(), x, right=True, out_int32=True)
-        fraction = ((x - knots[:, :-1].gather(1, segment.long())) * inverse_length.gather(1, segment.long())).clamp_(0.0, 1.0)
-        offsets = torch.arange(0, features * segments, segments, device=x.device, dtype=torch.int32)[:, None]
+        segment = table.segments(x)
+        fraction = ((x - knots[:, :-1].gather(1, segment)) * table.inverse_length.gather(1, segment)).clamp_(0.0, 1.0)
+        offsets = torch.arange(0, features * segments, segments, device=x.device)[:, None]
         row = (segment + offsets).T.contiguous()  # (M, F)
         fraction = fraction.T.contiguous()
         # Sum over the features of the segment's start value plus the fraction of its change.
-        out = F.embedding_bag(row, start, mode="sum")
-        out += F.embedding_bag(row, change, per_sample_weights=fraction, mode="sum")
+        out = F.embedding_bag(row, table.start, mode="sum")
+        out += F.embedding_bag(row, table.change, per_sample_weights=fraction, mode="sum")
         out += self.mlp[0].bias.float()
         return torch.relu_(out)
+
 
     @torch.no_grad()
     def fit_bins(self, rows: np.ndarray, classes: np.ndarray | None = None) -> None:
@@ -142,6 +143,69 @@ class VoxelHead(nn.Module):
         self.lower.copy_(torch.from_numpy(edges[:-1]))
         # A feature constant over a bin (ties) gets a step there rather than a division by 0.
         self.width.copy_(torch.from_numpy(np.maximum(edges[1:] - edges[:-1], 1e-6)))
+
+
+# Cells per feature of the grid that finds a value's segment without a binary search.
+GRID_CELLS = 1024
+
+
+@dataclass(frozen=True)
+class KnotTable:
+    """:meth:`VoxelHead.knot_table`: knots (F, J) ascending; per segment (F, J - 1) 1 / its length
+    (0 for an empty one); per segment (F·(J - 1), H) the layer's value at its start and the change
+    to its end; and a uniform grid of cells over each feature's knot range: its origin and cells
+    per unit (F, 1), and per cell (F·G,) the segment of every value in it, -1 where a knot is near."""
+
+    knots: torch.Tensor
+    inverse_length: torch.Tensor
+    start: torch.Tensor
+    change: torch.Tensor
+    origin: torch.Tensor
+    cells_per_unit: torch.Tensor
+    cell_segment: torch.Tensor
+
+    def segments(self, x: torch.Tensor) -> torch.Tensor:
+        """Segment (F, M) int64 of values (F, M) within the knots' range: the number of inner knots at or below each.
+
+        A grid cell without a knot near it gives the segment directly (a binary search
+        per value is most of the head's time otherwise); the values in the other cells
+        are searched.
+        """
+        features = x.shape[0]
+        cells = self.cell_segment.numel() // features
+        cell = ((x - self.origin) * self.cells_per_unit).clamp_(0, cells - 1).long()
+        cell += torch.arange(0, features * cells, cells, device=x.device)[:, None]
+        segment = self.cell_segment[cell]
+        # Values clamped to the range's ends (outside the painted range) lie on no inner knot.
+        first, last = self.knots[:, :1], self.knots[:, -1:]
+        segment = torch.where(x <= first, (self.knots[:, 1:-1] <= first).sum(1, keepdim=True), segment)
+        segment[x >= last] = self.knots.shape[1] - 2
+        near = segment < 0
+        if bool(near.any()):
+            which, where = near.nonzero(as_tuple=True)
+            inner = self.knots[:, 1:-1][which]  # (n, J - 2)
+            segment[which, where] = torch.searchsorted(inner, x[which, where, None], right=True).squeeze(1)
+        return segment
+
+
+def _segment_grid(knots: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The grid of :class:`KnotTable`: a cell is marked -1 when an inner knot lies in it or within 1 % of a cell of it,
+    so a value rounded into a neighbouring cell is never given the wrong segment."""
+    features = knots.shape[0]
+    low, high = knots[:, :1].double(), knots[:, -1:].double()
+    span = (high - low).clamp_min(1e-30)
+    edges = low + span * torch.arange(GRID_CELLS + 1, dtype=torch.float64) / GRID_CELLS  # (F, G + 1)
+    inner = knots[:, 1:-1].double()
+    margin = 0.01 * span / GRID_CELLS
+    # Inner knots at or below each cell's left edge, and whether any lies near the cell.
+    below = (inner[:, None, :] <= edges[:, :-1, None] - margin[:, :, None]).sum(-1)
+    near = (inner[:, None, :] > edges[:, :-1, None] - margin[:, :, None]) & (inner[:, None, :] < edges[:, 1:, None] + margin[:, :, None])
+    segment = torch.where(near.any(-1), torch.full_like(below, -1), below)
+    return {
+        "origin": knots[:, :1].contiguous(),
+        "cells_per_unit": (GRID_CELLS / span).float(),
+        "cell_segment": segment.reshape(features * GRID_CELLS).contiguous(),
+    }
 
 
 def swap_noise(rows: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
