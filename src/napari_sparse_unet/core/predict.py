@@ -296,6 +296,7 @@ class _RowFeatures:
         self.depth_halo = 0 if halo is None else int(halo[0])
         self.row_start: int | None = None
         self.features: torch.Tensor | None = None
+        self.planes: tuple[int, np.ndarray] | None = None  # the last row's normalised planes and the first one's index
 
     def tile(self, start: Sequence[int]) -> torch.Tensor:
         if start[0] != self.row_start:
@@ -312,11 +313,33 @@ class _RowFeatures:
                 tile = tile.index_select(axis, torch.from_numpy(reflect_indices(a, t, size)))
         return tile
 
+    def _planes(self, first: int, count: int) -> np.ndarray:
+        """Normalised planes [first, first + count) (C, count, *rest) float32, mirrored past the ends.
+
+        Rows overlap, and so do their halos: planes the last row read are copied, not read and normalised again.
+        """
+        rest = tuple(int(n) for n in self.image_cf.shape[2:])
+        planes = np.empty((self.image_cf.shape[0], count, *rest), np.float32)
+        done_low = done_high = first
+        if self.planes is not None:
+            start, previous = self.planes
+            done_low, done_high = max(first, start), min(first + count, start + previous.shape[1])
+            if done_low < done_high:
+                planes[:, done_low - first : done_high - first] = previous[:, done_low - start : done_high - start]
+            else:
+                done_low = done_high = first
+        for low, high in ((first, done_low), (done_high, first + count)):
+            if low < high:
+                planes[:, low - first : high - first] = _read_tile(
+                    self.image_cf, (low, *[0] * len(rest)), (high - low, *rest), self.normalize
+                )
+        self.planes = (first, planes)
+        return planes
+
     def _compute(self, row_start: int) -> torch.Tensor:
         rest = tuple(int(n) for n in self.image_cf.shape[2:])
         depth, halo = self.tile_shape[0], self.depth_halo
-        planes = _read_tile(self.image_cf, (row_start, *[0] * len(rest)), (depth, *rest), self.normalize, (halo, *[0] * len(rest)))
-        planes_t = torch.from_numpy(planes)  # (C, depth + 2·halo, *rest) float32
+        planes_t = torch.from_numpy(self._planes(row_start - halo, depth + 2 * halo))  # (C, depth + 2·halo, *rest)
         step = max(1, _FEATURE_VOXELS // max(1, math.prod(rest)))
         features: torch.Tensor | None = None
         for a in range(0, depth, step):
