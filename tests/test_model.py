@@ -79,3 +79,31 @@ def test_anisotropic_levels_use_in_plane_kernels():
     assert net.encoders[0][0].kernel_size == (1, 3, 3)
     assert net(torch.randn(1, 1, 4, 8, 8)).shape == (1, 2, 4, 8, 8)
     assert ModelConfig.from_dict(config.to_dict()) == config
+
+
+def test_folding_batch_norms_keeps_the_networks_function() -> None:
+    import copy
+
+    from napari_sparse_unet.core.config import ModelConfig
+    from napari_sparse_unet.core.model import build_model, fold_batch_norms
+
+    config = ModelConfig(3, 1, 3, ((1, 2, 2), (2, 2, 2)), base_channels=4, conv_kernels=((1, 1, 1), (1, 3, 3), (3, 3, 3)),
+                         filter_sigmas=((0.0, 1.0, 1.0),), voxel_head=8)
+    network = build_model(config)
+    torch.manual_seed(0)
+    for module in network.modules():  # statistics and affine parameters far from the identity
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            if module.affine:
+                module.weight.data.uniform_(0.5, 1.5)
+                module.bias.data.normal_()
+    torch.nn.init.normal_(network.head.weight)
+    network.eval()
+    features = torch.randn(1, network.filters.features_per_channel, 4, 16, 16)
+    with torch.no_grad():
+        expected = network.classify(features)
+        folded = fold_batch_norms(copy.deepcopy(network))
+        got = folded.classify(features)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

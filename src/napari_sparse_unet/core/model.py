@@ -256,6 +256,39 @@ class UNet(nn.Module):
         return logits, voxel if voxel is not None else self.voxel_head(features)
 
 
+@torch.no_grad()
+def fold_batch_norms(network: UNet) -> UNet:
+    """``network`` (in eval mode) with its batch normalisations folded into the convolutions beside them.
+
+    A batch norm with running statistics is an affine map per channel: after a
+    convolution it scales the weights and shifts the bias; on the filter features
+    before a 1×1×1 first convolution it scales that convolution's input weights.
+    Same function, fewer passes over the largest maps.  For prediction only: the
+    folded network no longer trains like the original.
+    """
+    assert not network.training
+    for block in [*network.encoders, network.bottom, *network.decoders]:
+        for i, layer in enumerate(block):
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                conv = block[i - 1]
+                scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+                shift = layer.bias - layer.running_mean * scale
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+                conv.weight.mul_(scale.reshape(-1, *[1] * (conv.weight.ndim - 1)))
+                conv.bias = nn.Parameter(bias * scale + shift)
+                block[i] = nn.Identity()
+    first = network.encoders[0][0]
+    norm = getattr(network, "input_norm", None)
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and all(k == 1 for k in first.kernel_size):
+        inverse = 1.0 / torch.sqrt(norm.running_var + norm.eps)  # affine=False: (x - mean) / std
+        weight = first.weight * inverse.reshape(1, -1, *[1] * (first.weight.ndim - 2))
+        bias = first.bias if first.bias is not None else torch.zeros(first.out_channels)
+        first.bias = nn.Parameter(bias - (weight.flatten(2).sum(2) * norm.running_mean).sum(1))
+        first.weight.copy_(weight)
+        network.input_norm = nn.Identity()
+    return network
+
+
 def build_model(config: ModelConfig) -> UNet:
     """A freshly initialised U-Net for ``config``."""
     return UNet(config)

@@ -26,6 +26,7 @@ import torch
 from .config import ModelConfig, PredictConfig
 from .data import model_lut
 from .errors import InputError
+from .model import fold_batch_norms
 from .generators import run_to_end
 from .rules import check_network_size, image_for_model
 from .sampling import reflect_indices, crop_with_padding
@@ -105,8 +106,10 @@ def make_predictor(
     spatial_dims = next(p for p in network.parameters() if p.ndim > 2).ndim - 2
     memory_format = preferred_memory_format(device, amp_dtype, spatial_dims)
     on_device = all(p.device == device for p in network.parameters())
-    if network.training or not on_device or memory_format != torch.contiguous_format:
+    if network.training or not on_device or memory_format != torch.contiguous_format or on_features:
         network = copy.deepcopy(network).to(device=device, memory_format=memory_format).eval()
+    if on_features:
+        network = fold_batch_norms(network)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=memory_format)
@@ -122,7 +125,8 @@ def make_predictor(
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            x = x.to(device=device, dtype=torch.float32)
+            # Features already in the autocast dtype stay in it (the convolutions would cast them back).
+            x = x.to(device=device, dtype=x.dtype if x.dtype == amp_dtype else torch.float32)
             if not tta:
                 return forward(x)
             spatial = range(2, x.ndim)
