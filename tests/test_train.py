@@ -196,3 +196,16 @@ def test_weight_averaging_returns_the_mean_of_the_last_steps(tiny_volume):
 def test_weight_averaging_must_leave_steps_to_train():
     with pytest.raises(ConfigError, match="average_weights"):
         TrainConfig(average_weights=1.0)
+
+
+def test_every_preset_trains_the_measured_engine_with_its_own_budget() -> None:
+    # GPU presets may change the budget (patch, batch, width, depth, steps, time), never the kind of network.
+    import dataclasses
+
+    from napari_sparse_unet.core.config import PRESETS
+
+    budget = {"max_steps", "max_time", "patch_voxels", "batch_size", "base_channels", "depth", "plane_patch_depth"}
+    cpu = PRESETS["cpu"]
+    for name, preset in PRESETS.items():
+        differing = {f.name for f in dataclasses.fields(preset) if getattr(preset, f.name) != getattr(cpu, f.name)}
+        assert differing <= budget, (name, differing - budget)
