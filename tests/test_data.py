@@ -104,3 +104,12 @@ def test_normalization_checks_channels():
     norm = Normalization(low=(0.0, 0.0), high=(1.0, 1.0))
     with pytest.raises(InputError, match="1 channels but the model expects 2"):
         norm.apply(np.zeros((1, 3, 3, 3)))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16])
+def test_equalised_integer_images_are_mapped_through_a_table_with_the_same_numbers(dtype):
+    info = np.iinfo(dtype)
+    image = np.random.default_rng(0).integers(info.min, info.max, size=(2, 4, 8, 8), endpoint=True).astype(dtype)
+    norm = Normalization(low=(0.0, 5.0), high=(100.0, 50.0), knots=((0.0, 10.0, 90.0, 200.0), (-5.0, 0.0, 3.0, 60.0)))
+    expected = norm.apply(image.astype(np.float32))
+    assert np.array_equal(norm.apply(image), expected)

@@ -88,3 +88,23 @@ def test_inference_reads_the_first_layer_from_its_knot_table_with_the_encodings_
     head.train()
     with torch.no_grad():
         assert torch.allclose(head(maps), expected, rtol=1e-5, atol=1e-5)  # training: the encoding itself
+
+
+def test_bfloat16_features_are_looked_up_by_their_bits_with_the_float32_numbers() -> None:
+    # Prediction keeps the filter features in bfloat16 on CPUs that compute in it natively: every
+    # bfloat16 value's segment is tabulated once, and must give what the float32 path gives that value.
+    rng = np.random.default_rng(2)
+    rows = rng.normal(size=(3000, 4)).astype(np.float32)
+    rows[:800] = 0.0  # ties, as zero padding gives
+    head = VoxelHead(features=4, hidden=8, classes=3, bins=8)
+    head.fit_bins(rows, rng.integers(0, 3, 3000))
+    torch.manual_seed(1)
+    for p in head.parameters():
+        torch.nn.init.normal_(p)
+    values = np.concatenate([rows[:500], 5 * rng.normal(size=(500, 4)).astype(np.float32)])
+    maps = torch.from_numpy(values.T.copy()).reshape(1, 4, 10, 10, 10).bfloat16()
+    head.eval()
+    with torch.no_grad():
+        looked_up = head(maps)
+        expected = head(maps.float())
+    assert torch.allclose(looked_up, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

@@ -13,6 +13,7 @@ background as 0 and every other class with the value the user painted.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -117,9 +118,28 @@ class Normalization:
 
     def apply(self, image_cf: Any) -> np.ndarray:
         """(C, *spatial) any dtype -> float32 of the same shape."""
-        x = np.asarray(image_cf, dtype=np.float32)
-        if x.shape[0] != self.channels:
-            raise InputError(f"image has {x.shape[0]} channels but the model expects {self.channels}")
+        raw = np.asarray(image_cf)
+        if raw.shape[0] != self.channels:
+            raise InputError(f"image has {raw.shape[0]} channels but the model expects {self.channels}")
+        if self.knots is not None and raw.dtype.kind in "ui" and raw.dtype.itemsize <= 2:
+            # Few distinct values: map each once (the same numbers), then look them up (np.interp is slow).
+            table = self._table(raw.dtype)
+            offset = np.iinfo(raw.dtype).min
+            out = np.empty(raw.shape, np.float32)
+            for c in range(raw.shape[0]):
+                index = raw[c] if offset == 0 else raw[c].astype(np.int32) - offset
+                np.take(table[c], index, out=out[c])
+            return out
+        return self._apply_float(np.asarray(raw, dtype=np.float32))
+
+    @functools.lru_cache(maxsize=8)
+    def _table(self, dtype: np.dtype) -> np.ndarray:
+        """(C, values) float32: every value of an integer ``dtype`` of at most 16 bits, mapped."""
+        info = np.iinfo(dtype)
+        values = np.arange(info.min, info.max + 1, dtype=np.float32)
+        return self._apply_float(np.broadcast_to(values, (self.channels, len(values))))
+
+    def _apply_float(self, x: np.ndarray) -> np.ndarray:
         if self.knots is not None:
             out = np.empty_like(x)
             for c, knots in enumerate(self.knots):

@@ -226,7 +226,9 @@ class FilterBank(nn.Module):
                 if sigma[axis] > 0:
                     smooth = self._along(smooth, getattr(self, f"c{i}_{axis}"), axis, reflect[axis])
             features.append(smooth)
-        out = torch.cat(features, dim=1)
+        # Every feature in the input's dtype (under autocast the products come out in its dtype):
+        # concatenating mixed dtypes takes a slow elementwise path.
+        out = torch.cat([f.to(x.dtype) for f in features], dim=1)
         assert list(out.shape[2:]) == out_shape, (out.shape, out_shape)
         # (N·C, F, *out) -> (N, C·F, *out), channel-major so channel c's features stay together.
         return out.reshape(n, c * out.shape[1], *out_shape)

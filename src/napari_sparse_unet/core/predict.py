@@ -144,31 +144,37 @@ def make_predictor(
     return predictor
 
 
-Featurizer = Callable[[torch.Tensor], torch.Tensor]
-"""(1, C, D + 2·halo[0], *rest) float32 normalised planes -> (1, C·F (+ K), D, *rest): what the network
-computes voxel by voxel, the same in every tile: its filter-bank features
-(:meth:`.filters.FilterBank.planes`: valid along the first axis, mirrored at the ends of the others),
-then the voxel head's logits if it has one."""
+class Featurizer:
+    """What the network computes voxel by voxel, the same in every tile: (1, C, D + 2·halo[0], *rest)
+    normalised planes -> (1, C·F (+ K), D, *rest), its filter-bank features
+    (:meth:`.filters.FilterBank.planes`: valid along the first axis, mirrored at the ends of the others),
+    then the voxel head's logits if it has one; in the predictor's precision.
+
+    Planes are best given in :attr:`input_dtype`: cast once per row, not once per call.
+    """
+
+    def __init__(self, network: torch.nn.Module, device: torch.device, mixed_precision: bool) -> None:
+        self.device = device
+        self.amp_dtype = autocast_dtype(device, mixed_precision)
+        self.input_dtype = self.amp_dtype or torch.float32
+        self.bank = copy.deepcopy(network.filters).to(device)
+        head = getattr(network, "voxel_head", None)
+        self.head = copy.deepcopy(head).to(device).eval() if head is not None else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(self.device, self.amp_dtype):
+            features = self.bank.planes(x.to(device=self.device, dtype=self.input_dtype))
+            if self.head is None:
+                return features
+            return torch.cat([features, self.head(features).to(features.dtype)], 1)
 
 
 def make_featurizer(model: Any, device: str | torch.device = "cpu", mixed_precision: bool = True) -> Featurizer | None:
-    """The network's per-voxel part as a :data:`Featurizer` on ``device``, in the predictor's precision; None without a bank."""
+    """The network's per-voxel part as a :class:`Featurizer` on ``device``; None without a filter bank."""
     network = getattr(model, "network", model)
     if getattr(network, "filters", None) is None:
         return None
-    device = torch.device(device)
-    amp_dtype = autocast_dtype(device, mixed_precision)
-    bank, head = copy.deepcopy(network.filters).to(device), copy.deepcopy(network.voxel_head)
-    head = head.to(device).eval() if head is not None else None
-
-    def featurize(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast(device, amp_dtype):
-            features = bank.planes(x.to(device=device, dtype=torch.float32))
-            if head is None:
-                return features
-            return torch.cat([features, head(features).to(features.dtype)], 1)
-
-    return featurize
+    return Featurizer(network, torch.device(device), mixed_precision)
 
 
 # --------------------------------------------------------------------------- tile size
@@ -294,9 +300,12 @@ class _RowFeatures:
         normalize: Callable[[np.ndarray], np.ndarray] | None,
         halo: Sequence[int] | None,
         tile: Sequence[int],
+        extent: Sequence[int],
     ) -> None:
+        """``extent``: how far the tiles reach along the axes after the first (at least the image's)."""
         self.image_cf, self.featurize, self.normalize = image_cf, featurize, normalize
         self.tile_shape = tuple(int(t) for t in tile)
+        self.extent = tuple(max(int(e), int(n)) for e, n in zip(extent, image_cf.shape[2:]))
         self.depth_halo = 0 if halo is None else int(halo[0])
         self.row_start: int | None = None
         self.features: torch.Tensor | None = None
@@ -310,10 +319,10 @@ class _RowFeatures:
         tile = self.features
         assert tile is not None
         for axis, (a, t) in enumerate(zip(start[1:], self.tile_shape[1:]), start=2):
-            size = tile.shape[axis]
-            if 0 <= a and a + t <= size:
+            if 0 <= a and a + t <= tile.shape[axis]:
                 tile = tile.narrow(axis, a, t)
-            else:
+            else:  # not on the tile grid: mirror the image's extent (slow, element by element)
+                size = int(self.image_cf.shape[axis])
                 tile = tile.index_select(axis, torch.from_numpy(reflect_indices(a, t, size)))
         return tile
 
@@ -343,16 +352,24 @@ class _RowFeatures:
     def _compute(self, row_start: int) -> torch.Tensor:
         rest = tuple(int(n) for n in self.image_cf.shape[2:])
         depth, halo = self.tile_shape[0], self.depth_halo
-        planes_t = torch.from_numpy(self._planes(row_start - halo, depth + 2 * halo))  # (C, depth + 2·halo, *rest)
+        planes = torch.from_numpy(self._planes(row_start - halo, depth + 2 * halo))  # (C, depth + 2·halo, *rest)
+        planes_t = planes.to(getattr(self.featurize, "input_dtype", torch.float32))  # any callable takes float32
         step = max(1, _FEATURE_VOXELS // max(1, math.prod(rest)))
         features: torch.Tensor | None = None
+        inside = (slice(None), slice(None), *(slice(0, n) for n in rest))
         for a in range(0, depth, step):
             b = min(a + step, depth)
             part = self.featurize(planes_t[None, :, a : b + 2 * halo])[0].cpu()
             if features is None:
-                features = torch.empty((part.shape[0], depth, *rest), dtype=part.dtype)
-            features[:, a:b] = part
+                features = torch.empty((part.shape[0], depth, *self.extent), dtype=part.dtype)
+            features[inside][:, a:b] = part
         assert features is not None
+        # Where tiles reach past the image, the features mirrored (every feature is mirror-symmetric,
+        # as the image padding is), one strip per axis.
+        for axis, (size, length) in enumerate(zip(rest, self.extent), start=2):
+            if length > size:
+                mirrored = torch.from_numpy(reflect_indices(size, length - size, size))
+                features.narrow(axis, size, length - size).copy_(features.narrow(axis, 0, size).index_select(axis, mirrored))
         return features
 
 
@@ -431,7 +448,8 @@ def sliding_window_predict(
     device = torch.device(device)
     started = time.perf_counter()
     done = 0
-    rows = _RowFeatures(image_cf, featurize, normalize, halo, tile) if featurize is not None else None
+    extent = [max(int(start[axis]) + t for start in grid) for axis, t in enumerate(tile)][1:]
+    rows = _RowFeatures(image_cf, featurize, normalize, halo, tile, extent) if featurize is not None else None
     for first in range(0, len(grid), max(1, int(batch_size))):
         starts = grid[first : first + max(1, int(batch_size))]
         if rows is not None:

@@ -73,12 +73,22 @@ class VoxelHead(nn.Module):
             rows = maps.movedim(1, -1)
             return self.rows(rows.reshape(-1, self.features)).reshape(*rows.shape[:-1], -1).movedim(-1, 1)
         n, spatial = maps.shape[0], maps.shape[2:]
-        columns = maps.float().transpose(0, 1).reshape(self.features, -1)  # (F, N·S), a view for N = 1
+        columns = maps.transpose(0, 1).reshape(self.features, -1)  # (F, N·S), a view for N = 1
         rest = self.mlp[2:]  # the first linear layer and its ReLU are _first_layer
         with torch.autocast(maps.device.type, enabled=False):  # the table lookups need one dtype (float32)
-            table = self.knot_table()
+            table = self._cached_knot_table()
             logits = torch.cat([rest(self._first_layer(chunk, table)) for chunk in columns.split(CHUNK_ROWS, 1)])
         return logits.reshape(n, *spatial, -1).movedim(-1, 1)
+
+    def _cached_knot_table(self) -> "KnotTable":
+        """:meth:`knot_table`, rebuilt only when a weight or bin edge changed since the last call."""
+        state = (self.lower, self.width, self.mlp[0].weight, self.mlp[0].bias)
+        key = tuple((t.data_ptr(), t._version) for t in state)
+        cached = getattr(self, "_table_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self.knot_table())
+            self._table_cache = cached
+        return cached[1]
 
     def knot_table(self) -> "KnotTable":
         """The first layer as a piecewise-linear function of each feature, tabulated per segment.
@@ -93,12 +103,11 @@ class VoxelHead(nn.Module):
         weight = self.mlp[0].weight.float().reshape(-1, self.bins, self.features)  # (H, B, F): encode's order
         at_knots = torch.einsum("jbf,hbf->fjh", encoded, weight)  # (F, J, H)
         hidden = at_knots.shape[-1]
-        length = torch.diff(knots, dim=1)
         return KnotTable(
             knots=knots,
-            inverse_length=torch.where(length > 0, 1.0 / length.clamp_min(1e-30), torch.zeros_like(length)),
             start=at_knots[:, :-1].reshape(-1, hidden).contiguous(),
             change=torch.diff(at_knots, dim=1).reshape(-1, hidden).contiguous(),
+            bias=self.mlp[0].bias.float(),
             **_segment_grid(knots),
         )
 
@@ -108,18 +117,16 @@ class VoxelHead(nn.Module):
         Below the first knot every encoding is 0 and above the last every one is 1, so a
         value clamped to the knots' range gives the same layer output.
         """
-        knots = table.knots
-        features, segments = table.inverse_length.shape
-        x = torch.clamp(columns, knots[:, :1], knots[:, -1:]).contiguous()
-        segment = table.segments(x)
-        fraction = ((x - knots[:, :-1].gather(1, segment)) * table.inverse_length.gather(1, segment)).clamp_(0.0, 1.0)
-        offsets = torch.arange(0, features * segments, segments, device=x.device)[:, None]
-        row = (segment + offsets).T.contiguous()  # (M, F)
-        fraction = fraction.T.contiguous()
+        # (M, F), voxel-major: embedding_bag takes one bag (the F rows of a voxel) per row.
+        if columns.dtype == torch.bfloat16:
+            row, fraction = table.bfloat16_rows(columns.T.contiguous())
+        else:
+            x = torch.empty(columns.shape[::-1], dtype=torch.float32, device=columns.device).copy_(columns.T)
+            row, fraction = table.rows(x.clamp_(min=table.low, max=table.high))
         # Sum over the features of the segment's start value plus the fraction of its change.
         out = F.embedding_bag(row, table.start, mode="sum")
         out += F.embedding_bag(row, table.change, per_sample_weights=fraction, mode="sum")
-        out += self.mlp[0].bias.float()
+        out += table.bias
         return torch.relu_(out)
 
 
@@ -145,66 +152,121 @@ class VoxelHead(nn.Module):
         self.width.copy_(torch.from_numpy(np.maximum(edges[1:] - edges[:-1], 1e-6)))
 
 
-# Cells per feature of the grid that finds a value's segment without a binary search.
+# Cells per feature of the grid that finds a value's segment without a search.
 GRID_CELLS = 1024
 
 
 @dataclass(frozen=True)
 class KnotTable:
-    """:meth:`VoxelHead.knot_table`: knots (F, J) ascending; per segment (F, J - 1) 1 / its length
-    (0 for an empty one); per segment (F·(J - 1), H) the layer's value at its start and the change
-    to its end; and a uniform grid of cells over each feature's knot range: its origin and cells
-    per unit (F, 1), and per cell (F·G,) the segment of every value in it, -1 where a knot is near."""
+    """:meth:`VoxelHead.knot_table`: knots (F, J) ascending; per segment (F·(J - 1), H) the first
+    layer's value at its start and the change to its end, and the layer's bias (H,); and a uniform grid
+    of G cells over each feature's knot range, found from a value ``x`` as ``u = x·scale + shift``
+    (both (1, F)), giving per cell (F·(G + 1),: the first for u = 0) the table row of every value
+    in it (-1 where a knot is near) and the segment's fraction as ``slope·u + intercept``."""
 
     knots: torch.Tensor
-    inverse_length: torch.Tensor
     start: torch.Tensor
     change: torch.Tensor
-    origin: torch.Tensor
-    cells_per_unit: torch.Tensor
-    cell_segment: torch.Tensor
+    bias: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+    cell_row: torch.Tensor
+    cell_slope: torch.Tensor
+    cell_intercept: torch.Tensor
 
-    def segments(self, x: torch.Tensor) -> torch.Tensor:
-        """Segment (F, M) int64 of values (F, M) within the knots' range: the number of inner knots at or below each.
+    @property
+    def low(self) -> torch.Tensor:
+        return self.knots[:, 0]
 
-        A grid cell without a knot near it gives the segment directly (a binary search
-        per value is most of the head's time otherwise); the values in the other cells
-        are searched.
+    @property
+    def high(self) -> torch.Tensor:
+        return self.knots[:, -1]
+
+    def rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Table row (M, F) int64 and fraction of its segment (M, F) of values (M, F) within the knots' range.
+
+        A cell without a knot near it gives both directly; values in the other cells
+        (a few per cent; ties such as zero padding land there) are searched.
         """
-        features = x.shape[0]
-        cells = self.cell_segment.numel() // features
-        cell = ((x - self.origin) * self.cells_per_unit).clamp_(0, cells - 1).long()
-        cell += torch.arange(0, features * cells, cells, device=x.device)[:, None]
-        segment = self.cell_segment[cell]
-        # Values clamped to the range's ends (outside the painted range) lie on no inner knot.
-        first, last = self.knots[:, :1], self.knots[:, -1:]
-        segment = torch.where(x <= first, (self.knots[:, 1:-1] <= first).sum(1, keepdim=True), segment)
-        segment[x >= last] = self.knots.shape[1] - 2
-        near = segment < 0
+        features, segments = self.knots.shape[0], self.knots.shape[1] - 1
+        cells = self.cell_row.numel() // features
+        u = torch.addcmul(self.shift, x, self.scale)
+        # Cell 0 holds the values at the lowest knot (u = 0: many, e.g. zero gradients), cell c >= 1 those in (c - 1, c].
+        cell = torch.ceil(u).long().clamp_(0, cells - 1)
+        cell += torch.arange(0, features * cells, cells, device=x.device)
+        row = self.cell_row[cell]
+        fraction = torch.addcmul(self.cell_intercept[cell], self.cell_slope[cell], u).clamp_(0.0, 1.0)
+        near = row < 0
         if bool(near.any()):
-            which, where = near.nonzero(as_tuple=True)
-            inner = self.knots[:, 1:-1][which]  # (n, J - 2)
-            segment[which, where] = torch.searchsorted(inner, x[which, where, None], right=True).squeeze(1)
-        return segment
+            which, feature = near.nonzero(as_tuple=True)
+            row[which, feature], fraction[which, feature] = self._search(x[which, feature], feature)
+        return row, fraction
+
+    def bfloat16_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`rows` of bfloat16 values (M, F), any value: looked up by their 16 bits, the same numbers."""
+        features = x.shape[1]
+        index = x.view(torch.int16).to(torch.int64)
+        index += torch.arange(32768, 65536 * features, 65536, device=x.device)
+        rows, fractions = self._bfloat16_table()
+        return rows[index], fractions[index]
+
+    def _bfloat16_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and fraction (F·65536,) of every bfloat16 value of every feature, by its bits as int16 + 32768."""
+        if "_bf16" not in self.__dict__:
+            features = self.knots.shape[0]
+            values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+            values = torch.maximum(torch.minimum(values[None], self.knots[:, -1:]), self.knots[:, :1]).reshape(-1)
+            feature = torch.arange(features).repeat_interleave(65536)
+            rows, fractions = self._search(values, feature)
+            object.__setattr__(self, "_bf16", (rows.int(), fractions))  # int32: half the bytes to gather
+        return self.__dict__["_bf16"]
+
+    def _search(self, value: torch.Tensor, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and fraction of values (n,) of features (n,) within the knots' range, by binary search."""
+        features, segments = self.knots.shape[0], self.knots.shape[1] - 1
+        inner = self.knots[:, 1:-1]
+        # One search over every feature's inner knots, each feature shifted past the one before.
+        span = float((self.knots[:, -1] - self.knots[:, 0]).abs().max()) + float(self.knots.abs().max()) + 1.0
+        offset = torch.arange(features, dtype=torch.float64, device=value.device) * (4 * span)
+        keys = (inner.double() + offset[:, None]).reshape(-1)
+        found = torch.searchsorted(keys, value.double() + offset[feature], right=True) - feature * inner.shape[1]
+        found.clamp_(0, segments - 1)  # NaN is searched past the end: any row, its fraction stays NaN
+        knots = self.knots
+        length = knots[feature, found + 1] - knots[feature, found]
+        part = torch.where(length > 0, (value - knots[feature, found]) / length.clamp_min(1e-30), torch.zeros_like(value))
+        return found + feature * segments, part.clamp_(0.0, 1.0)
 
 
 def _segment_grid(knots: torch.Tensor) -> dict[str, torch.Tensor]:
     """The grid of :class:`KnotTable`: a cell is marked -1 when an inner knot lies in it or within 1 % of a cell of it,
     so a value rounded into a neighbouring cell is never given the wrong segment."""
-    features = knots.shape[0]
+    features, segments = knots.shape[0], knots.shape[1] - 1
     low, high = knots[:, :1].double(), knots[:, -1:].double()
     span = (high - low).clamp_min(1e-30)
+    cells_per_unit = GRID_CELLS / span  # (F, 1)
     edges = low + span * torch.arange(GRID_CELLS + 1, dtype=torch.float64) / GRID_CELLS  # (F, G + 1)
     inner = knots[:, 1:-1].double()
     margin = 0.01 * span / GRID_CELLS
     # Inner knots at or below each cell's left edge, and whether any lies near the cell.
-    below = (inner[:, None, :] <= edges[:, :-1, None] - margin[:, :, None]).sum(-1)
+    below = (inner[:, None, :] <= edges[:, :-1, None] - margin[:, :, None]).sum(-1)  # (F, G): the cell's segment
     near = (inner[:, None, :] > edges[:, :-1, None] - margin[:, :, None]) & (inner[:, None, :] < edges[:, 1:, None] + margin[:, :, None])
-    segment = torch.where(near.any(-1), torch.full_like(below, -1), below)
+    near = near.any(-1)
+    # Cell 0: exactly the lowest knot, in the segment after every inner knot equal to it (fraction 0 there).
+    below = torch.cat([(inner <= low).sum(1, keepdim=True), below], 1)
+    near = torch.cat([torch.zeros_like(near[:, :1]), near], 1)
+    # The fraction along segment s of x = low + u / cells_per_unit: (x - k_s) / length_s, linear in u.
+    k = knots.double()
+    length = torch.diff(k, dim=1)
+    inverse = torch.where(length > 0, 1.0 / length.clamp_min(1e-30), torch.zeros_like(length))  # (F, J - 1)
+    slope = (inverse / cells_per_unit).gather(1, below)
+    intercept = ((low - k[:, :-1]) * inverse).gather(1, below)
+    row = torch.where(near, torch.full_like(below, -1), below + torch.arange(features)[:, None] * segments)
     return {
-        "origin": knots[:, :1].contiguous(),
-        "cells_per_unit": (GRID_CELLS / span).float(),
-        "cell_segment": segment.reshape(features * GRID_CELLS).contiguous(),
+        "scale": cells_per_unit.float().T.contiguous(),
+        "shift": (-low * cells_per_unit).float().T.contiguous(),
+        "cell_row": row.reshape(-1).contiguous(),
+        "cell_slope": slope.float().reshape(-1).contiguous(),
+        "cell_intercept": intercept.float().reshape(-1).contiguous(),
     }
 
 
