@@ -143,15 +143,15 @@ def stage_profile(model_path: Path, image_path: Path, threads: int) -> dict:
     engine._read_tile = timed("reading + normalisation", original_read)
     engine._write_slab = timed("labels out (argmax, writing)", original_write)
     engine.SlabStitcher.add = timed("blending", original_add)
-    original_featurizer = engine.make_featurizer
-    engine.make_featurizer = lambda *a, **k: timed("filter bank + voxel head (per row)", original_featurizer(*a, **k))
+    original_featurizer = engine.Featurizer.__call__
+    engine.Featurizer.__call__ = timed("filter bank + voxel head (per row)", original_featurizer)
     try:
         start = time.perf_counter()
         engine.predict(model, image, PredictConfig())
         total = time.perf_counter() - start
     finally:
         engine._read_tile, engine._write_slab, engine.SlabStitcher.add = original_read, original_write, original_add
-        engine.make_featurizer = original_featurizer
+        engine.Featurizer.__call__ = original_featurizer
     seconds["filter bank"] = seconds.pop("filter bank + voxel head (per row)") - seconds["voxel head"]
     tile, _ = engine.plan_prediction(model, image.shape, PredictConfig())
     voxels = image.size

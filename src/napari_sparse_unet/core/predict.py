@@ -145,28 +145,30 @@ def make_predictor(
 
 
 class Featurizer:
-    """What the network computes voxel by voxel, the same in every tile: (1, C, D + 2·halo[0], *rest)
-    normalised planes -> (1, C·F (+ K), D, *rest), its filter-bank features
-    (:meth:`.filters.FilterBank.planes`: valid along the first axis, mirrored at the ends of the others),
-    then the voxel head's logits if it has one; in the predictor's precision.
+    """What the network computes voxel by voxel, the same in every tile: from (1, C, D + 2·halo[0], *rest)
+    normalised planes, its filter-bank features (:meth:`.filters.FilterBank.planes`: valid along the
+    first axis, mirrored at the ends of the others), then the voxel head's logits if it has one,
+    written into a (C·F (+ K), D, *rest) tensor of :attr:`dtype` (the predictor's precision).
 
-    Planes are best given in :attr:`input_dtype`: cast once per row, not once per call.
+    Planes are best given in :attr:`dtype`: cast once per row, not once per call.
     """
 
     def __init__(self, network: torch.nn.Module, device: torch.device, mixed_precision: bool) -> None:
         self.device = device
         self.amp_dtype = autocast_dtype(device, mixed_precision)
-        self.input_dtype = self.amp_dtype or torch.float32
+        self.dtype = self.amp_dtype or torch.float32
         self.bank = copy.deepcopy(network.filters).to(device)
         head = getattr(network, "voxel_head", None)
         self.head = copy.deepcopy(head).to(device).eval() if head is not None else None
+        self.channels = network.config.in_channels * self.bank.features_per_channel
+        self.channels += network.config.num_classes if head is not None else 0
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
         with torch.inference_mode(), autocast(self.device, self.amp_dtype):
-            features = self.bank.planes(x.to(device=self.device, dtype=self.input_dtype))
-            if self.head is None:
-                return features
-            return torch.cat([features, self.head(features).to(features.dtype)], 1)
+            features = self.bank.planes(x.to(device=self.device, dtype=self.dtype))
+            out[: features.shape[1]] = features[0]
+            if self.head is not None:
+                out[features.shape[1] :] = self.head(features)[0]
 
 
 def make_featurizer(model: Any, device: str | torch.device = "cpu", mixed_precision: bool = True) -> Featurizer | None:
@@ -313,7 +315,6 @@ class _RowFeatures:
 
     def tile(self, start: Sequence[int]) -> torch.Tensor:
         if start[0] != self.row_start:
-            self.features = None  # free the last row before computing the next
             self.features = self._compute(int(start[0]))
             self.row_start = int(start[0])
         tile = self.features
@@ -350,26 +351,30 @@ class _RowFeatures:
         return planes
 
     def _compute(self, row_start: int) -> torch.Tensor:
+        """Features of the row from ``row_start``, in the last row's buffer: planes both rows cover are moved, not computed again."""
         rest = tuple(int(n) for n in self.image_cf.shape[2:])
         depth, halo = self.tile_shape[0], self.depth_halo
-        planes = torch.from_numpy(self._planes(row_start - halo, depth + 2 * halo))  # (C, depth + 2·halo, *rest)
-        planes_t = planes.to(getattr(self.featurize, "input_dtype", torch.float32))  # any callable takes float32
+        features = self.features
+        if features is None:
+            features = torch.empty((self.featurize.channels, depth, *self.extent), dtype=self.featurize.dtype)
+        shift = row_start - self.row_start if self.row_start is not None else depth
+        first = depth - shift if 0 < shift < depth else 0  # the first plane to compute
+        for plane in range(first):  # ascending: a plane is read before it is overwritten
+            features[:, plane] = features[:, plane + shift]
+        planes = torch.from_numpy(self._planes(row_start + first - halo, depth - first + 2 * halo))
+        planes_t = planes.to(self.featurize.dtype)  # (C, depth - first + 2·halo, *rest)
+        inside = features[(slice(None), slice(first, depth), *(slice(0, n) for n in rest))]
         step = max(1, _FEATURE_VOXELS // max(1, math.prod(rest)))
-        features: torch.Tensor | None = None
-        inside = (slice(None), slice(None), *(slice(0, n) for n in rest))
-        for a in range(0, depth, step):
-            b = min(a + step, depth)
-            part = self.featurize(planes_t[None, :, a : b + 2 * halo])[0].cpu()
-            if features is None:
-                features = torch.empty((part.shape[0], depth, *self.extent), dtype=part.dtype)
-            features[inside][:, a:b] = part
-        assert features is not None
+        for a in range(0, depth - first, step):
+            b = min(a + step, depth - first)
+            self.featurize(planes_t[None, :, a : b + 2 * halo], inside[:, a:b])
         # Where tiles reach past the image, the features mirrored (every feature is mirror-symmetric,
         # as the image padding is), one strip per axis.
+        computed = features.narrow(1, first, depth - first)
         for axis, (size, length) in enumerate(zip(rest, self.extent), start=2):
             if length > size:
                 mirrored = torch.from_numpy(reflect_indices(size, length - size, size))
-                features.narrow(axis, size, length - size).copy_(features.narrow(axis, 0, size).index_select(axis, mirrored))
+                computed.narrow(axis, size, length - size).copy_(computed.narrow(axis, 0, size).index_select(axis, mirrored))
         return features
 
 
@@ -453,7 +458,8 @@ def sliding_window_predict(
     for first in range(0, len(grid), max(1, int(batch_size))):
         starts = grid[first : first + max(1, int(batch_size))]
         if rows is not None:
-            batch = torch.stack([rows.tile(s) for s in starts])
+            tiles_ = [rows.tile(s) for s in starts]
+            batch = tiles_[0][None] if len(tiles_) == 1 else torch.stack(tiles_)  # a view: the predictor lays it out
         else:
             batch = torch.from_numpy(np.stack([_read_tile(image_cf, s, tile, normalize, halo) for s in starts]))
         output = predictor(batch.to(device))

@@ -208,7 +208,7 @@ class KnotTable:
         index = x.view(torch.int16).to(torch.int64)
         index += torch.arange(32768, 65536 * features, 65536, device=x.device)
         rows, fractions = self._bfloat16_table()
-        return rows[index], fractions[index]
+        return rows.take(index), fractions.take(index)
 
     def _bfloat16_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and fraction (F·65536,) of every bfloat16 value of every feature, by its bits as int16 + 32768."""
