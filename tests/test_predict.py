@@ -299,3 +299,29 @@ def test_choose_tile_size_fits_the_budget_and_the_volume():
     assert flat == (20, 32)
     with pytest.warns(RuntimeWarning, match="too small"):
         assert choose_tile_size(config, (64, 2048, 2048), 16, overlap=12, min_tile=(48, 48, 48)) == (48, 48, 48)
+
+
+def test_a_row_of_big_planes_can_be_stopped_between_its_slabs(monkeypatch):
+    # Filtering a row of 512² planes takes seconds: closing the generator there must not wait for the row.
+    torch.manual_seed(0)
+    config = ModelConfig(3, 1, 2, ((1, 2, 2),), base_channels=2, filter_sigmas=((1.0, 1.0, 1.0),), voxel_head=4)
+    model = SegmentationModel(
+        network=build_model(config).eval(), model_config=config, train_config=TrainConfig(),
+        normalization=Normalization(low=(0.0,), high=(1.0,)), class_values=(1, 2), patch_size=(4, 8, 8),
+    )
+    monkeypatch.setattr(predict_module, "_FEATURE_VOXELS", 64)  # one plane of 8×8 per slab
+    calls = []
+    original = predict_module.Featurizer.__call__
+    monkeypatch.setattr(predict_module.Featurizer, "__call__", lambda self, x, out: calls.append(1) or original(self, x, out))
+    generator = predict_iter(model, np.ones((8, 8, 8), np.float32), PredictConfig(tile_size=(4, 8, 8), overlap=0, device="cpu"))
+    first = next(generator)
+    generator.close()
+    assert first.tiles_done == 0 and len(calls) == 1
+    # Run to the end, the same labels as without the pauses.
+    monkeypatch.undo()
+    image = np.random.default_rng(0).random((8, 8, 8), dtype=np.float32)
+    probabilities = [np.zeros((2, 8, 8, 8), np.float32) for _ in range(2)]
+    predict(model, image, PredictConfig(tile_size=(4, 8, 8), overlap=0, device="cpu"), probabilities_out=probabilities[0])
+    monkeypatch.setattr(predict_module, "_FEATURE_VOXELS", 64)
+    predict(model, image, PredictConfig(tile_size=(4, 8, 8), overlap=0, device="cpu"), probabilities_out=probabilities[1])
+    np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-5)

@@ -313,10 +313,18 @@ class _RowFeatures:
         self.features: torch.Tensor | None = None
         self.planes: tuple[int, np.ndarray] | None = None  # the last row's normalised planes and the first one's index
 
+    def prepare(self, row_start: int) -> Generator[None, None, None]:
+        """Compute the features of the row from ``row_start`` unless they are the current row's.
+
+        Yields between slabs of a row, where the caller may stop (a row of big planes takes seconds).
+        """
+        if row_start != self.row_start:
+            self.features = yield from self._compute(row_start)
+            self.row_start = row_start
+
     def tile(self, start: Sequence[int]) -> torch.Tensor:
-        if start[0] != self.row_start:
-            self.features = self._compute(int(start[0]))
-            self.row_start = int(start[0])
+        """The features under the tile at ``start`` (a view of the row's buffer), once :meth:`prepare` made its row."""
+        assert start[0] == self.row_start, "prepare the tile's row first"
         tile = self.features
         assert tile is not None
         for axis, (a, t) in enumerate(zip(start[1:], self.tile_shape[1:]), start=2):
@@ -350,7 +358,7 @@ class _RowFeatures:
         self.planes = (first, planes)
         return planes
 
-    def _compute(self, row_start: int) -> torch.Tensor:
+    def _compute(self, row_start: int) -> Generator[None, None, torch.Tensor]:
         """Features of the row from ``row_start``, in the last row's buffer: planes both rows cover are moved, not computed again."""
         rest = tuple(int(n) for n in self.image_cf.shape[2:])
         depth, halo = self.tile_shape[0], self.depth_halo
@@ -366,6 +374,8 @@ class _RowFeatures:
         inside = features[(slice(None), slice(first, depth), *(slice(0, n) for n in rest))]
         step = max(1, _FEATURE_VOXELS // max(1, math.prod(rest)))
         for a in range(0, depth - first, step):
+            if a:
+                yield
             b = min(a + step, depth - first)
             self.featurize(planes_t[None, :, a : b + 2 * halo], inside[:, a:b])
         # Where tiles reach past the image, the features mirrored (every feature is mirror-symmetric,
@@ -458,8 +468,13 @@ def sliding_window_predict(
     for first in range(0, len(grid), max(1, int(batch_size))):
         starts = grid[first : first + max(1, int(batch_size))]
         if rows is not None:
-            tiles_ = [rows.tile(s) for s in starts]
-            batch = tiles_[0][None] if len(tiles_) == 1 else torch.stack(tiles_)  # a view: the predictor lays it out
+            cut = []
+            for s in starts:
+                for _ in rows.prepare(int(s[0])):  # a chance to stop while a row of big planes is filtered
+                    yield PredictEvent(tiles_done=done, tiles_total=len(grid), elapsed=time.perf_counter() - started)
+                # A view of the row's buffer, which the next row overwrites: copied if the batch goes on.
+                cut.append(rows.tile(s) if len(starts) == 1 else rows.tile(s).clone())
+            batch = cut[0][None] if len(cut) == 1 else torch.stack(cut)
         else:
             batch = torch.from_numpy(np.stack([_read_tile(image_cf, s, tile, normalize, halo) for s in starts]))
         output = predictor(batch.to(device))
