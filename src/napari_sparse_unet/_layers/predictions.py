@@ -3,7 +3,8 @@ instances and uncertainty."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -48,26 +49,43 @@ def show_prediction(
     annotation: Labels | None = None,
     name: str = "prediction",
     visible: bool = True,
+    activate: bool = True,
 ) -> Labels:
     """Add or update the prediction layer of ``image`` with ``labels`` (*spatial).
 
     Colours are copied from the annotation layer so a class looks the same in
     both; scale and translate are the image's.  Lazy (dask) labels are shown
     as they are, computed where napari reads them, and cannot be painted.
-    ``visible`` applies to a new layer only.
+    ``visible`` and ``activate`` (make it the active layer) apply to a new layer only.
     """
     layer = find_prediction_layer(viewer, image.name, labels.shape)
     if layer is None:
-        layer = viewer.add_labels(
-            labels, name=name, scale=image.scale, translate=image.translate, opacity=0.6,
-            metadata=_geometry(viewer, image), visible=visible,
-        )
+        with _activating(viewer, activate):
+            layer = viewer.add_labels(
+                labels, name=name, scale=image.scale, translate=image.translate, opacity=0.6,
+                metadata=_geometry(viewer, image), visible=visible,
+            )
         layer.metadata[PREDICTION_KEY] = image.name
     else:
         layer.data = labels
     layer.editable = not is_lazy(labels)
     _copy_colormap(layer, annotation)
     return layer
+
+
+@contextlib.contextmanager
+def _activating(viewer: napari.Viewer, activate: bool) -> Iterator[None]:
+    """napari makes an added layer the active one; without ``activate`` the active layer stays
+    (the annotation being painted while training runs), and napari does not rebuild its layer controls."""
+    layers = viewer.layers
+    before = getattr(layers, "_activate_on_insert", None)  # a private switch: absent in another napari, no harm
+    if before is not None:
+        layers._activate_on_insert = activate
+    try:
+        yield
+    finally:
+        if before is not None:
+            layers._activate_on_insert = before
 
 
 def _geometry(viewer: napari.Viewer, image: ImageSnapshot) -> dict[str, Any]:
@@ -91,7 +109,7 @@ def ensure_prediction_layer(
         if np.dtype(layer.data.dtype).itemsize < np.dtype(dtype).itemsize:
             layer.data = layer.data.astype(dtype)
         return layer
-    return show_prediction(viewer, np.zeros(image.spatial_shape, dtype=dtype), image, annotation, visible=visible)
+    return show_prediction(viewer, np.zeros(image.spatial_shape, dtype=dtype), image, annotation, visible=visible, activate=False)
 
 
 def show_prediction_layer(viewer: napari.Viewer, image: ImageSnapshot) -> None:
