@@ -15,6 +15,7 @@ channel-major as :class:`~.filters.FilterBank` gives them; maps are (N, F, *spat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -215,10 +216,17 @@ class KnotTable:
         if "_bf16" not in self.__dict__:
             features = self.knots.shape[0]
             values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
-            values = torch.maximum(torch.minimum(values[None], self.knots[:, -1:]), self.knots[:, :1]).reshape(-1)
-            feature = torch.arange(features).repeat_interleave(65536)
-            rows, fractions = self._search(values, feature)
-            object.__setattr__(self, "_bf16", (rows.int(), fractions))  # int32: half the bytes to gather
+            values = values.expand(features, -1)
+            # Most bfloat16 values lie beyond the knots, where the layer is that of the nearest end: search the rest.
+            everyone = torch.arange(features)
+            rows, fractions = (t[:, None].repeat(1, 65536) for t in self._search(self.knots[:, 0], everyone))
+            high = values >= self.knots[:, -1:]
+            rows[high], fractions[high] = (t[:, None].expand(-1, 65536)[high] for t in self._search(self.knots[:, -1], everyone))
+            inside = (values > self.knots[:, :1]) & ~high
+            which, _ = inside.nonzero(as_tuple=True)
+            rows[inside], fractions[inside] = self._search(values[inside], which)
+            fractions[values.isnan()] = math.nan  # a NaN feature gives NaN logits, as the float32 path does
+            object.__setattr__(self, "_bf16", (rows.reshape(-1).int(), fractions.reshape(-1)))  # int32: half the bytes to gather
         return self.__dict__["_bf16"]
 
     def _search(self, value: torch.Tensor, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
