@@ -10,7 +10,7 @@ from .common import add_command, add_common, add_model_and_image, set_threads
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..bioimageio_export import export_model
+    from ..bioimageio.export import export_model
 
     set_threads(args)
     image, _, _ = read_image(args.image, lazy=True, key=args.key)
