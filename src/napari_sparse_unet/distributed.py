@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .core.blocks import Block, block_grid, choose_block_shape, grid_shape, read_voxels
+from .core.blocks import Block, block_grid, choose_block_shape, grid_shape
 from .io.zarr_files import create_block_output, mark_finished, open_zarr_input, output_chunks
 
 try:
@@ -239,11 +239,6 @@ class ZarrPrediction:
     blocks_resumed: int
     results: tuple[BlockResult, ...]
     seconds: float
-
-    @property
-    def read_ratio(self) -> float:
-        """Voxels read (cores plus halos) per voxel of the volume."""
-        return read_voxels(self.shape, self.block_shape, self.halo) / float(np.prod(self.shape))
 
 
 def predict_zarr(

@@ -44,11 +44,6 @@ def plan_network(
     return tuple(factors), tuple(kernels)
 
 
-def plan_pool_factors(spacing: Sequence[float] | None, depth: int, spatial_dims: int = 3) -> tuple[tuple[int, ...], ...]:
-    """Down-sampling factors per level (see :func:`plan_network`)."""
-    return plan_network(spacing, depth, spatial_dims)[0]
-
-
 def choose_patch_size(
     volume_shapes: Sequence[Sequence[int]],
     size_multiple: Sequence[int],
