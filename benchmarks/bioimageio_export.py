@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from bioimageio.core import predict as consumer_predict
 
     from napari_sparse_unet._sample_data import CLASS_NAMES, SPACING, make_sample_volume
-    from napari_sparse_unet.bioimageio_export import export_model, run_consumer_test
+    from napari_sparse_unet.bioimageio.export import export_model, run_consumer_test
     from napari_sparse_unet.core.config import PRESETS, PredictConfig
     from napari_sparse_unet.core.metrics import dice_per_class, mean_dice
     from napari_sparse_unet.core.predict import predict

@@ -18,8 +18,8 @@ import torch
 
 pytest.importorskip("bioimageio.spec")
 
-from napari_sparse_unet import bioimageio_export as bx  # noqa: E402
-from napari_sparse_unet import bioimageio_network as bn  # noqa: E402
+from napari_sparse_unet.bioimageio import export as bx  # noqa: E402
+from napari_sparse_unet.bioimageio import network as bn  # noqa: E402
 from napari_sparse_unet import io  # noqa: E402
 from napari_sparse_unet.cli import main  # noqa: E402
 from napari_sparse_unet.core.checkpoint import PACKAGE_CHECKPOINT, SegmentationModel  # noqa: E402

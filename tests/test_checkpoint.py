@@ -110,3 +110,37 @@ def test_failed_save_leaves_nothing(tmp_path, model, monkeypatch):
         model.save(path)
     assert path.read_bytes() == b"previous model"
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_checkpoint_saved_before_the_lab_settings_left_still_loads_and_predicts_the_same(tiny_volume):
+    """tests/data/checkpoint_c4c448c.pt: saved by the code of c4c448c (150 steps on the tiny volume, voxel head 8,
+    base width 4, depth 2), with the training settings that have since left the product (voxel_swap,
+    average_weights, top_kernel, max_class_weight, elastic); the .npy beside it is its float32 prediction then."""
+    import dataclasses
+
+    from napari_sparse_unet.core.config import REMOVED_TRAIN_SETTINGS, PredictConfig
+    from napari_sparse_unet.core.generators import run_to_end
+    from napari_sparse_unet.core.jobs import PredictJob
+
+    data = pathlib.Path(__file__).parent / "data"
+    saved = torch.load(data / "checkpoint_c4c448c.pt", map_location="cpu", weights_only=False)
+    assert {"voxel_swap", "average_weights", "top_kernel", "max_class_weight", "elastic"} <= set(saved["train_config"])
+    assert set(saved["train_config"]) - {f.name for f in dataclasses.fields(TrainConfig)} <= REMOVED_TRAIN_SETTINGS
+
+    model = SegmentationModel.load(data / "checkpoint_c4c448c.pt")
+    assert model.class_names == ("background", "ball", "box") and model.spacing == (2.0, 1.0, 1.0)
+    assert model.train_config.voxel_head == 8 and model.history["steps"] == 150
+    image = tiny_volume[0]
+    labels = run_to_end(PredictJob(model, image, PredictConfig(mixed_precision=False, device="cpu")).run(), lambda e: None).labels
+    expected = np.load(data / "checkpoint_c4c448c_labels.npy")
+    assert set(np.unique(expected)) == {0, 2, 3}
+    assert np.mean(labels == expected) > 0.995
+
+
+def test_unknown_training_settings_are_refused_but_removed_ones_dropped():
+    from napari_sparse_unet.core.errors import ConfigError
+
+    config = TrainConfig.from_dict({**TrainConfig().to_dict(), "voxel_swap": 0.15, "elastic": True})
+    assert config == TrainConfig()
+    with pytest.raises(ConfigError, match="not_a_setting"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "not_a_setting": 1})

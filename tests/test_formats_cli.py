@@ -10,7 +10,7 @@ from medical_files import matlab_order, write_dicom_series
 from test_cli import TINY_TRAIN, assert_one_line_error, run
 
 from napari_sparse_unet import io
-from napari_sparse_unet.formats.dicom import dicom_affine
+from napari_sparse_unet.io.formats.dicom import dicom_affine
 
 
 def test_train_from_mat_with_keys_then_predict_a_dicom_series_to_nifti(tmp_path, capsys):

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from napari_sparse_unet.core.losses import (
-    class_weights_from_counts,
     masked_cross_entropy,
     masked_soft_dice,
     sparse_segmentation_loss,
@@ -96,8 +95,3 @@ def test_nothing_annotated_gives_zero_and_a_graph():
     loss.backward()
     assert loss.item() == 0.0
     assert torch.count_nonzero(logits.grad) == 0
-
-
-def test_class_weights_inverse_frequency_clipped():
-    w = class_weights_from_counts(np.array([1000, 100, 1, 0]), max_weight=20)
-    assert w.tolist() == pytest.approx([1.0, 10.0, 20.0, 1.0])

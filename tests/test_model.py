@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from napari_sparse_unet.core.config import ConfigError, ModelConfig
-from napari_sparse_unet.core.model import build_model, choose_patch_size, plan_network, plan_pool_factors
+from napari_sparse_unet.core.model import build_model, choose_patch_size, plan_network
 
 
 @pytest.mark.parametrize(
@@ -41,6 +41,10 @@ def test_bad_model_config_is_rejected():
         ModelConfig(3, 1, 2, ((3, 2, 2),))
     with pytest.raises(ConfigError, match="num_classes"):
         ModelConfig(3, 1, 1, ((2, 2, 2),))
+
+
+def plan_pool_factors(spacing, depth, spatial_dims=3):
+    return plan_network(spacing, depth, spatial_dims)[0]
 
 
 def test_isotropic_planning_pools_every_axis():

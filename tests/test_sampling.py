@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from napari_sparse_unet.core.sampling import PatchSampler, TrainingVolume, crop_with_padding, elastic_deform
+from napari_sparse_unet.core.sampling import PatchSampler, TrainingVolume, crop_with_padding
 
 
 def _volume(shape=(20, 40, 40)):
@@ -74,14 +74,3 @@ def testcrop_with_padding_exact():
     assert np.array_equal(crop_with_padding(b, [-1, 1], [5, 2], fill=None), np.pad(b, 1, mode="reflect")[:, 2:4])
     assert crop_with_padding(np.arange(1), [-2], [3], fill=None).tolist() == [0, 0, 0]
 
-
-def test_elastic_deformation_moves_labels_with_the_image():
-    rng = np.random.default_rng(1)
-    target = np.zeros((16, 32, 32), np.int64)
-    target[4:12, 8:24, 8:24] = 1
-    image = target[None].astype(np.float32)
-    warped_image, warped_target = elastic_deform(image, target, rng, grid_spacing=8, sigma=2.0)
-    assert warped_image.shape == image.shape and warped_target.shape == target.shape
-    assert not np.array_equal(warped_target, target)  # it moved
-    inside = warped_target == 1
-    assert warped_image[0][inside].mean() > 0.9 and warped_image[0][warped_target == 0].mean() < 0.1

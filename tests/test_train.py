@@ -176,28 +176,6 @@ def test_running_dice_scores_painted_voxels_only():
     assert running.mean_foreground() == 1.0  # the window forgot the first batch
 
 
-def test_weight_averaging_returns_the_mean_of_the_last_steps(tiny_volume):
-    image, _, annotation = tiny_volume
-    config = dataclasses.replace(FAST, max_steps=8, average_weights=0.5)
-    trainer = Trainer([image], [annotation], config)
-    after_step = {}
-    for event in trainer.run():
-        after_step[event.step] = {n: p.detach().clone() for n, p in trainer._network.named_parameters()}
-    model = trainer.best_model
-    moved = 0
-    for name, value in model.network.named_parameters():
-        # Steps 5-8 start at progress >= 0.5: their weights are averaged, the first four's are not.
-        mean = torch.stack([after_step[s][name] for s in range(5, 9)]).mean(0)
-        torch.testing.assert_close(value.detach(), mean)
-        moved += not torch.equal(value.detach(), after_step[8][name])
-    assert moved > 0  # not simply the last step's weights
-
-
-def test_weight_averaging_must_leave_steps_to_train():
-    with pytest.raises(ConfigError, match="average_weights"):
-        TrainConfig(average_weights=1.0)
-
-
 def test_every_preset_trains_the_measured_engine_with_its_own_budget() -> None:
     # GPU presets may change the budget (patch, batch, width, depth, steps, time), never the kind of network.
     import dataclasses

@@ -36,8 +36,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .core.blocks import Block, block_grid, choose_block_shape, grid_shape, read_voxels
-from .io_zarr import create_block_output, mark_finished, open_zarr_input, output_chunks
+from .core.blocks import Block, block_grid, choose_block_shape, grid_shape
+from .io.zarr_files import create_block_output, mark_finished, open_zarr_input, output_chunks
 
 try:
     from distributed.diagnostics.plugin import WorkerPlugin
@@ -160,7 +160,7 @@ def predict_blocks(
         labels_out: spatial-shape array the workers can write, chunks aligned to the blocks.
         blocks: from :func:`.core.blocks.block_grid`.
         client: a ``distributed.Client``; None runs the blocks one by one in this process.
-        markers: folder where each finished block leaves a mark (see :mod:`.io_zarr`).
+        markers: folder where each finished block leaves a mark (see :mod:`.io.zarr_files`).
         skip: names of blocks already finished (resume).
         threads: torch threads per worker (default: what the worker has).
         retries: extra attempts for a task that raises.
@@ -239,11 +239,6 @@ class ZarrPrediction:
     blocks_resumed: int
     results: tuple[BlockResult, ...]
     seconds: float
-
-    @property
-    def read_ratio(self) -> float:
-        """Voxels read (cores plus halos) per voxel of the volume."""
-        return read_voxels(self.shape, self.block_shape, self.halo) / float(np.prod(self.shape))
 
 
 def predict_zarr(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import io
-from ..formats import Volume
+from ..io.formats import Volume
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -34,7 +34,7 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
         if fmt not in io.MEDICAL:  # everything else is left to other readers
             return None
         if fmt == "dicom":
-            from ..formats.dicom import looks_like_dicom_folder
+            from ..io.formats.dicom import looks_like_dicom_folder
 
             if not looks_like_dicom_folder(Path(item)):
                 return None  # a folder of TIFFs or anything else is not ours

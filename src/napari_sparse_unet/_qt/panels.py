@@ -235,7 +235,7 @@ class ProgressPanel(QWidget):
 
 def _export_package(model: Any, path: str, image: Any) -> str:
     """Worker thread: write and validate the package; returns the status line."""
-    from ..bioimageio_export import export_model
+    from ..bioimageio.export import export_model
 
     summary = export_model(model, path, image)
     checked = "tested with bioimageio.core" if summary.status == "passed" else "validated with bioimageio.spec"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -219,8 +218,3 @@ def predict_lazy(
 
 def _labels_of(block_predictor: BlockPredictor, region: np.ndarray, block: Block) -> np.ndarray:
     return block_predictor.predict_region(region, [r.start for r in block.read], block.core)[0]
-
-
-def block_bytes(block: Block, channels: int, itemsize: int) -> int:
-    """Bytes a block reads (input, with its halo)."""
-    return int(channels) * math.prod(block.read_shape) * int(itemsize)

@@ -28,7 +28,7 @@ from .model import build_model
 
 FORMAT = "napari-sparse-unet"
 FORMAT_VERSION = 1
-# This plugin's checkpoint inside a bioimage.io package it exported (see bioimageio_export).
+# This plugin's checkpoint inside a bioimage.io package it exported (see bioimageio/export.py).
 PACKAGE_CHECKPOINT = "napari_sparse_unet_model.pt"
 _PACKAGE_DESCRIPTIONS = ("rdf.yaml", "bioimageio.yaml")
 

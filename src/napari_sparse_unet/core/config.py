@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 Norm = Literal["instance", "batch"]
 Device = Literal["auto", "cpu", "cuda", "mps"]  # rules.DEVICE_NAMES, spelled out for type checkers
-TopKernel = Literal["full", "planar", "point"]
 
 
 def _check(condition: bool, message: str) -> None:
@@ -165,61 +164,25 @@ class ModelConfig:
         return cls(**data)
 
 
+# Settings of experiments that lost and left the product (their figures: benchmarks/RESULTS.md,
+# "Settings that left the product").  Checkpoints saved with them load; the names are dropped.
+REMOVED_TRAIN_SETTINGS = frozenset(
+    {"filter_structure_tensor", "voxel_swap", "average_weights", "top_kernel", "max_class_weight", "elastic"}
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train.  ``None`` for a shape means "choose from the data".
 
-    Training stops at ``max_steps`` or after ``max_time`` seconds, whichever
-    comes first.  ``patch_size`` is spatial only, (Z, Y, X) or (Y, X).
-    ``mixed_precision`` autocasts on CUDA; CPU training stays float32 (see
-    :mod:`.device`), CPU prediction uses bfloat16 where the CPU has it natively.
-
-    What makes a few painted slices learn fast (each measured in
-    ``benchmarks/RESULTS.md``):
-
-    * ``filter_scales``: a fixed Gaussian filter bank (smoothed, gradient
-      magnitude, Laplacian at these σ, in units of the finest spacing) is the
-      network's first layer, the head start a random forest gets from its
-      features; ``()`` turns it off.  ``filter_hessian`` adds the Hessian
-      eigenvalues at each scale (ridge, sheet and blob shape, as ilastik's).
-      ``context_scales``: wider σ with the smoothed intensity only.  The
-      forest's fine scales (0.7-5) plus smoothing at 10 and 20 against all
-      features at σ 1-20 (benchmarks/sparse_accuracy.py, 180 s, k = 5 along z
-      unless said): EM 0.704 -> 0.749, where the wide derivatives misled both
-      experts on thin membranes; brain MRI at k = 3 0.414 -> 0.603; CT 0.821
-      -> 0.685, whose organs of alike density the wide derivatives told apart
-      (fine scales alone: 0.645; the forest: 0.662).
-    * ``equalize``: histogram-equalised intensities, so classes that differ by a
-      few per cent of the range (CT organs) are far apart in the input.
-    * ``norm="batch"`` with ``recalibrate_norm``: statistics shared by every
-      patch and tile (instance norm made a voxel's output depend on the tile),
-      re-estimated over fresh batches once training ends.
-    * ``plane_patch_depth``: with a few painted Z slices, patches this thin along
-      Z and wide in-plane, so most computed voxels carry a loss.
-    * ``top_kernel`` ``"point"`` and ``channel_growth``: the full-resolution level
-      is per-voxel (1×1×1) on the filter features and level ``l`` has
-      ``base_channels · growth^l`` channels, so a CPU step costs a fraction of
-      the paper's; ``"full"`` and ``None`` give Çiçek et al.'s 3×3×3 kernels
-      and channels doubled before each down-sampling.
-    * ``voxel_head``: a per-voxel MLP of this width on the filter features,
-      trained on ``voxel_batch`` painted voxels every step (alone for the first
-      ``voxel_warmup`` of the budget), whose probabilities multiply the U-Net's:
-      the forest's strength, learning from every painted voxel, in the network.
-      ``voxel_swap``: each feature of a voxel-head training row is replaced, with
-      this probability, by the same feature of another painted voxel ("swap
-      noise"), so the head cannot rest on one feature that happens to separate
-      the painted slices, as a forest's random feature subsets cannot.  Off by
-      default: 0.15 lifted the head alone on the brain MRI (k = 5 along z,
-      180 s: 0.734 -> 0.748) but hardly the product (0.732 -> 0.736), not the
-      MRI's unseen half, and cost the ovule 0.011 (head) and 0.004 (product).
-    * ``average_weights``: the model is the mean of the weights of every step in
-      this last fraction of the budget (stochastic weight averaging, Izmailov et
-      al. 2018), batch-norm statistics re-estimated after with ``recalibrate_norm``; 0 keeps the last step's.
-      Off: 0.3 did not lift the ovule (k = 5 along z, 180 s, seeds 0-2: 0.828 /
-      0.838 / 0.831 against 0.838 / 0.837 / 0.830).
-    * ``validation``: hold out a painted slice to choose the best model (off:
-      it decided on one slice and cost a sixth of the annotation); the model is
-      the last one, after the learning rate has decayed.
+    Training stops at ``max_steps`` or after ``max_time`` seconds, whichever comes first;
+    ``patch_size`` is spatial only, (Z, Y, X) or (Y, X).  The defaults are the engine whose
+    accuracy ``benchmarks/RESULTS.md`` reports, made to learn from a few painted slices: a fixed
+    Gaussian filter bank as the first layer (``filter_scales``, ``context_scales``,
+    ``filter_hessian``), histogram-equalised input, batch norm re-estimated at the end, thin
+    patches around painted planes, a per-voxel top level with ``channel_growth`` widths, and a
+    per-voxel classifier (``voxel_head``) whose probabilities multiply the U-Net's.
+    ``mixed_precision`` autocasts on CUDA; CPU training stays float32 (:mod:`.device`).
     """
 
     max_steps: int = 400
@@ -233,7 +196,6 @@ class TrainConfig:
     depth: int = 3
     base_channels: int = 16
     channel_growth: float | None = 1.5
-    top_kernel: TopKernel = "point"
     norm: Norm = "batch"
     recalibrate_norm: bool = True
     filter_scales: tuple[float, ...] = (0.7, 1.0, 1.6, 3.5, 5.0)
@@ -244,16 +206,9 @@ class TrainConfig:
     voxel_head: int = 64
     voxel_batch: int = 8192
     voxel_warmup: float = 0.1
-    voxel_swap: float = 0.0
     dice_weight: float = 1.0
-    # No inverse-frequency weights by default: with them both experts over-predict rare classes, which
-    # costs Dice (180 s, k = 5 along z, weights capped at 3 -> 1: EM 0.683 -> 0.707, MRI 0.713 -> 0.726
-    # with class-balanced bins, CT 0.795 -> 0.774, still far above the forest's 0.662).
-    max_class_weight: float = 1.0
     augment: bool = True
     intensity_augment: float = 0.3
-    elastic: bool = False
-    average_weights: float = 0.0
     validation: bool = False
     validate_every: int = 50
     seed: int = 0
@@ -277,17 +232,13 @@ class TrainConfig:
         _check(all(v > 0 for v in self.filter_scales), f"filter_scales must be > 0, got {self.filter_scales!r}")
         object.__setattr__(self, "context_scales", tuple(float(v) for v in self.context_scales))
         _check(all(v > 0 for v in self.context_scales), f"context_scales must be > 0, got {self.context_scales!r}")
-        _check(self.top_kernel in ("full", "planar", "point"), f"top_kernel must be 'full', 'planar' or 'point', got {self.top_kernel!r}")
         _check(self.channel_growth is None or self.channel_growth >= 1, f"channel_growth must be >= 1, got {self.channel_growth}")
         _check(self.plane_patch_depth >= 0, f"plane_patch_depth must be >= 0, got {self.plane_patch_depth}")
         _check(self.voxel_head >= 0, f"voxel_head must be >= 0, got {self.voxel_head}")
         _check(self.voxel_batch >= 1, f"voxel_batch must be >= 1, got {self.voxel_batch}")
         _check(0 <= self.voxel_warmup < 1, f"voxel_warmup must be in [0, 1), got {self.voxel_warmup}")
-        _check(0 <= self.voxel_swap < 1, f"voxel_swap must be in [0, 1), got {self.voxel_swap}")
-        _check(0 <= self.average_weights < 1, f"average_weights must be in [0, 1), got {self.average_weights}")
         _check(self.intensity_augment >= 0, f"intensity_augment must be >= 0, got {self.intensity_augment}")
         _check(self.dice_weight >= 0, f"dice_weight must be >= 0, got {self.dice_weight}")
-        _check(self.max_class_weight >= 1, f"max_class_weight must be >= 1, got {self.max_class_weight}")
         _check(self.validate_every >= 1, f"validate_every must be >= 1, got {self.validate_every}")
         check_device_name(self.device)
         _check(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
@@ -297,8 +248,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """Settings saved in a checkpoint; those of experiments that left (:data:`REMOVED_TRAIN_SETTINGS`) are dropped."""
+        data = {k: v for k, v in data.items() if k not in REMOVED_TRAIN_SETTINGS}
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown training settings {unknown}: saved by a newer napari-sparse-unet?")
+        return cls(**data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -9,24 +9,8 @@ amount, not by the patch size.
 
 from __future__ import annotations
 
-from typing import Mapping
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-
-def class_weights_from_counts(counts: Mapping[int, int] | np.ndarray, max_weight: float = 10.0) -> np.ndarray:
-    """Inverse-frequency class weights, 1 for the commonest class, clipped at ``max_weight``.
-
-    Args:
-        counts: annotated voxels per class index (array of length K).
-    """
-    n = np.asarray(list(counts.values()) if isinstance(counts, Mapping) else counts, dtype=np.float64)
-    present = n > 0
-    weights = np.ones_like(n)
-    weights[present] = n[present].max() / n[present]
-    return np.clip(weights, 1.0, max_weight).astype(np.float32)
 
 
 def _detach_unannotated(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -44,11 +44,6 @@ def plan_network(
     return tuple(factors), tuple(kernels)
 
 
-def plan_pool_factors(spacing: Sequence[float] | None, depth: int, spatial_dims: int = 3) -> tuple[tuple[int, ...], ...]:
-    """Down-sampling factors per level (see :func:`plan_network`)."""
-    return plan_network(spacing, depth, spatial_dims)[0]
-
-
 def choose_patch_size(
     volume_shapes: Sequence[Sequence[int]],
     size_multiple: Sequence[int],
@@ -92,10 +87,9 @@ class PlanewiseConv3d(nn.Conv3d):
 
     Same weights and result as :class:`torch.nn.Conv3d` (checkpoints are
     interchangeable).  Why: oneDNN's 3-D convolution backward pass is 10-25x
-    slower than its 2-D one on CPUs without AVX-512 (measured on a 2-core AMD
-    EPYC with AVX2, torch 2.13: 1.12 s against 0.045 s for 8->16 channels on
-    2x32x48x48), which made training steps take seconds.  Other devices use
-    the plain 3-D convolution.
+    slower than its 2-D one on CPUs without AVX-512 (benchmarks/RESULTS.md),
+    which made training steps take seconds.  Other devices use the plain 3-D
+    convolution.
     """
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -231,7 +225,7 @@ class UNet(nn.Module):
         # Two experts, each trained on its own loss (the U-Net on patches, the voxel head on
         # batches of painted voxels), combined as the product of their probabilities.  Adding
         # the U-Net to the voxel head's logits instead (a residual) left it learning only where
-        # the voxel head erred on painted voxels, few once it fitted them: EM 0.645 vs 0.670 at 60 s.
+        # the voxel head erred on painted voxels, few once it fitted them (benchmarks/RESULTS.md).
         return torch.log_softmax(unet.float(), 1) + torch.log_softmax(voxel.float(), 1)
 
     def experts(self, x: torch.Tensor, voxel: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

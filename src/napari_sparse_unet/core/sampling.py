@@ -75,8 +75,6 @@ class PatchSampler:
         normalize: (C, *patch) raw -> float32 normalised image.
         rng: the source of randomness (seed it for reproducible runs).
         augment: flips, in-plane 90° rotations, intensity scale/shift/gamma/noise.
-        elastic: the paper's smooth dense deformation (needs torch); not with a halo.
-        spacing: voxel spacing, so elastic displacements are isotropic in space.
         halo: image voxels read beyond the patch on each side, per axis (the
             network's filter bank consumes them): images are (C, *(patch + 2·halo)).
         intensity_strength: scales the intensity augmentation (0 = none).
@@ -92,8 +90,6 @@ class PatchSampler:
         normalize: Callable[[np.ndarray], np.ndarray],
         rng: np.random.Generator,
         augment: bool = True,
-        elastic: bool = False,
-        spacing: Sequence[float] | None = None,
         halo: Sequence[int] | None = None,
         intensity_strength: float = 1.0,
         level_mask: np.ndarray | None = None,
@@ -106,8 +102,6 @@ class PatchSampler:
         self.normalize = normalize
         self.rng = rng
         self.augment = augment
-        self.elastic = elastic
-        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
         self.indices = [v.class_indices(num_classes) for v in self.volumes]
         per_class = np.array([[len(ix[k]) for k in range(num_classes)] for ix in self.indices], dtype=np.float64)
         self.class_counts = per_class.sum(0).astype(np.int64)
@@ -140,8 +134,6 @@ class PatchSampler:
         if self.augment:
             image, target = self._geometric(image, target)
             image = self._intensity(image)
-        if self.elastic and not any(self.halo) and self.rng.random() < 0.5:
-            image, target = elastic_deform(image, target, self.rng, spacing=self.spacing)
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target)
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,43 +180,3 @@ class PatchSampler:
                 channel += self.rng.normal(0.0, self.rng.uniform(0.0, 0.05) * strength, channel.shape).astype(np.float32)
         return image
 
-
-def elastic_deform(
-    image: np.ndarray,
-    target: np.ndarray,
-    rng: np.random.Generator,
-    grid_spacing: int = 32,
-    sigma: float = 4.0,
-    spacing: Sequence[float] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth dense deformation (Çiçek et al.): random vectors on a coarse grid, interpolated.
-
-    Displacements are N(0, ``sigma``) voxels on a grid every ``grid_spacing``
-    voxels, scaled per axis by spacing so they are isotropic in space, then
-    interpolated smoothly to every voxel.  The image is resampled linearly,
-    the target by nearest neighbour; voxels pulled from outside become
-    unannotated (-1).
-
-    Args:
-        image: (C, *spatial) float32.
-        target: (*spatial) int64.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    dims = target.ndim
-    shape = target.shape
-    scale = [1.0] * dims if spacing is None else [min(spacing) / s for s in spacing]
-    coarse = tuple(max(2, int(np.ceil(n / grid_spacing)) + 1) for n in shape)
-    displacement = rng.normal(0.0, sigma, size=(dims, *coarse)) * np.reshape(scale, (dims,) + (1,) * dims)
-    mode = "trilinear" if dims == 3 else "bilinear"
-    field = F.interpolate(torch.from_numpy(displacement).float()[None], size=shape, mode=mode, align_corners=True)[0]
-    # grid_sample wants normalised (x, y[, z]) coordinates, i.e. axes reversed.
-    axes = [torch.linspace(-1, 1, n) for n in shape]
-    base = torch.stack(torch.meshgrid(*axes, indexing="ij"))
-    norm = torch.tensor([2.0 / max(n - 1, 1) for n in shape]).reshape((dims,) + (1,) * dims)
-    grid = (base + field * norm).flip(0).movedim(0, -1)[None]
-    img = F.grid_sample(torch.from_numpy(np.ascontiguousarray(image))[None], grid, mode="bilinear", padding_mode="reflection", align_corners=True)
-    tgt = torch.from_numpy(np.ascontiguousarray(target) + 1).float()[None, None]
-    tgt = F.grid_sample(tgt, grid, mode="nearest", padding_mode="zeros", align_corners=True)
-    return img[0].numpy(), tgt[0, 0].long().numpy() - 1

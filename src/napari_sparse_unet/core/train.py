@@ -32,10 +32,10 @@ from .rules import (
 )
 from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
 from .filters import FilterBank, axis_sigmas, filter_volume
-from .losses import class_weights_from_counts, masked_cross_entropy, sparse_segmentation_loss
+from .losses import masked_cross_entropy, sparse_segmentation_loss
 from .model import build_model, choose_patch_size, plan_network
 from .sampling import PatchSampler, TrainingVolume, crop_with_padding
-from .voxel_head import painted_feature_rows, swap_noise
+from .voxel_head import painted_feature_rows
 
 # Hold out a slice for validation only when this many annotated slices exist,
 # so a user who painted three slices trains on all three.
@@ -192,10 +192,7 @@ class Trainer:
             self.class_values = painted
             self.normalization = fit_normalization(images_cf, seed=config.seed, equalize=config.equalize)
             pool_factors, conv_kernels = plan_network(spacing, config.depth, dims)
-            if config.top_kernel == "planar" and dims == 3:
-                conv_kernels = ((1, *conv_kernels[0][1:]), *conv_kernels[1:])
-            elif config.top_kernel == "point":
-                conv_kernels = ((1,) * dims, *conv_kernels[1:])
+            conv_kernels = ((1,) * dims, *conv_kernels[1:])  # the full-resolution level is per-voxel, on the filter features
             self.model_config = ModelConfig(
                 spatial_dims=dims,
                 in_channels=channels,
@@ -402,7 +399,6 @@ class Trainer:
         start = time.perf_counter()
         step, loss_value, bad_steps = 0, math.nan, 0
         fit_counts = RunningDice(len(self.class_values))
-        averaged: torch.optim.swa_utils.AveragedModel | None = None
         finished = False
         try:
             while True:
@@ -451,10 +447,6 @@ class Trainer:
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
-                if config.average_weights and progress >= 1.0 - config.average_weights:
-                    if averaged is None:
-                        averaged = torch.optim.swa_utils.AveragedModel(network)
-                    averaged.update_parameters(network)
                 elapsed = time.perf_counter() - start
                 self._history = {"steps": previous_steps + step, "seconds": elapsed, "loss": shown_loss}
                 val_dice = None
@@ -471,11 +463,6 @@ class Trainer:
                     fit_dice=fit_counts.mean_foreground(),
                 )
             finished = True
-            if averaged is not None:
-                # The averaged weights replace the last step's; recalibrate_norm (on by default) re-estimates their batch-norm statistics.
-                with torch.no_grad():
-                    for mean, live in zip(averaged.module.parameters(), network.parameters()):
-                        live.copy_(mean)
             if config.recalibrate_norm:
                 _recalibrate_batch_norm(network, sampler, config.batch_size, device, memory_format, self._features)
         finally:
@@ -500,13 +487,11 @@ class Trainer:
             normalize=_as_float32 if self._features else self.normalization.apply,
             rng=rng,
             augment=config.augment,
-            elastic=config.elastic,
-            spacing=self.spacing,
             halo=(0,) * self.model_config.spatial_dims if self._features else self.model_config.input_halo,
             intensity_strength=config.intensity_augment,
             level_mask=self._level_mask,
         )
-        weights = torch.from_numpy(class_weights_from_counts(sampler.class_counts, config.max_class_weight)).to(device)
+        weights = torch.ones(len(self.class_values), device=device)  # no inverse-frequency weights: they cost Dice
         return sampler, weights, self._voxel_batches(network, device, weights, fit_bins)
 
     def _voxel_batches(self, network: torch.nn.Module, device: torch.device, weights: torch.Tensor, fit_bins: bool):
@@ -525,11 +510,10 @@ class Trainer:
         classes_t = torch.from_numpy(classes).to(device)
         generator = torch.Generator().manual_seed(self.config.seed + self._data_version)
         size = min(self.config.voxel_batch, len(classes))
-        swap = self.config.voxel_swap
 
         def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             pick = torch.randint(0, len(classes), (size,), generator=generator).to(device)
-            logits = head.rows(swap_noise(rows_t[pick], swap, generator))
+            logits = head.rows(rows_t[pick])
             target = classes_t[pick]
             return masked_cross_entropy(logits, target, weights), logits, target
 

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .io import VolumeIOError, _import_optional, _replace_dir, _spacing_tuple
+from .volumes import VolumeIOError, _import_optional, _replace_dir, _spacing_tuple
 
 MARKERS = ".napari-sparse-unet-blocks"
 PLAN = "plan.json"

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .core.rules import stack_channels
-from .io import read_volume_with_spacing
+from ..core.rules import stack_channels
+from ..io import read_volume_with_spacing
 
 SEPARATOR = ","
 

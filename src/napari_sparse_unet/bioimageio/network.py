@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.checkpoint import SegmentationModel
-from .core.model import PlanewiseConv3d
-from .core.rules import image_for_model
+from ..core.checkpoint import SegmentationModel
+from ..core.model import PlanewiseConv3d
+from ..core.rules import image_for_model
 
 # Largest test input per axis (voxels): big enough to show the model working, small enough for a zip.
 TEST_EXTENT = 64

@@ -4,8 +4,7 @@
     napari-sparse-unet predict ... --scheduler tcp://scheduler:8786   # an existing cluster
     napari-sparse-unet predict ... --workers 4 --resume               # continue an interrupted run
 
-Kept apart from :mod:`.cli` so the command line only gains two small hooks;
-nothing heavy is imported until the mode is used.
+Nothing heavy is imported until the mode is used.
 """
 
 from __future__ import annotations
@@ -14,12 +13,18 @@ import argparse
 import contextlib
 import sys
 import time
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from .io import volume_format
+from ..io import volume_format
+from .common import UsageError, fmt_shape, positive_int
+from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from ..core.checkpoint import SegmentationModel
+    from ..core.config import PredictConfig
 
 
-def add_options(parser: argparse.ArgumentParser, positive_int: Any) -> None:
+def add_options(parser: argparse.ArgumentParser) -> None:
     """Add the block-wise options to the ``predict`` parser."""
     group = parser.add_argument_group(
         "very large volumes (zarr in and out, block by block; needs the 'distributed' extra)"
@@ -45,13 +50,13 @@ def requested(args: argparse.Namespace) -> bool:
 @contextlib.contextmanager
 def _client(args: argparse.Namespace) -> Iterator[Any]:
     if args.workers:
-        from .distributed import local_client
+        from ..distributed import local_client
 
         # N workers share the machine's cores, unless --threads says how many each uses.
         with local_client(args.workers, threads_per_worker=1, torch_threads=args.threads) as client:
             yield client
     elif args.scheduler:
-        from .distributed import _import_distributed
+        from ..distributed import _import_distributed
 
         distributed = _import_distributed()
         kwargs = {"scheduler_file": args.scheduler} if args.scheduler.endswith(".json") else {"address": args.scheduler}
@@ -61,17 +66,14 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
         yield None
 
 
-def run(args: argparse.Namespace, model: Any, config: Any, user_error: type[Exception]) -> int:
+def run(args: argparse.Namespace, model: SegmentationModel, config: PredictConfig) -> int:
     """Predict ``args.image`` into ``args.out`` block by block; returns the exit status."""
     for option, value in (("--image", args.image), ("--out", args.out), ("--probabilities", args.probabilities)):
         if value is not None and volume_format(value) != "zarr":
-            raise user_error(f"{option} {value!r}: block-wise prediction (--workers, --scheduler, --block-size, "
+            raise UsageError(f"{option} {value!r}: block-wise prediction (--workers, --scheduler, --block-size, "
                              "--resume) reads and writes .zarr folders only")
-    from .core.blockwise import BlockPredictor
-    from .distributed import grid_summary, predict_zarr
-
-    from ._cli_progress import progress_bar
-    from .cli import _fmt_shape
+    from ..core.blockwise import BlockPredictor
+    from ..distributed import grid_summary, predict_zarr
 
     block_predictor = BlockPredictor.from_model(model, config)
     start = time.perf_counter()
@@ -97,8 +99,8 @@ def run(args: argparse.Namespace, model: Any, config: Any, user_error: type[Exce
     written = f" and {args.probabilities}" if args.probabilities else ""
     resumed = f", {result.blocks_resumed} resumed" if result.blocks_resumed else ""
     print(
-        f"wrote {args.out}{written} ({_fmt_shape(result.shape)}, {grid_summary(result.shape, result.block_shape)}"
-        f"{resumed}, halo {_fmt_shape(result.halo)}, {time.perf_counter() - start:.1f} s on {where})"
+        f"wrote {args.out}{written} ({fmt_shape(result.shape)}, {grid_summary(result.shape, result.block_shape)}"
+        f"{resumed}, halo {fmt_shape(result.halo)}, {time.perf_counter() - start:.1f} s on {where})"
     )
     return 0
 

@@ -18,7 +18,7 @@ from .orientation import file_to_layer, layer_affine, layer_to_file
 
 
 def _nibabel() -> Any:
-    from .._optional import import_optional
+    from ..._optional import import_optional
 
     return import_optional("nibabel", "NIfTI")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import VolumeIOError
+from ...core.errors import VolumeIOError
 from . import Volume
 from .orientation import file_to_layer
 
@@ -29,7 +29,7 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def _pydicom() -> Any:
-    from .._optional import import_optional
+    from ..._optional import import_optional
 
     return import_optional("pydicom", "DICOM")
 

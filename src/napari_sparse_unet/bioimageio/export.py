@@ -1,7 +1,7 @@
 """Export a trained model as a bioimage.io model package (a zip other consumers run).
 
 The package holds TorchScript weights of
-:class:`~.bioimageio_network.PackagedNetwork`: the input
+:class:`~.network.PackagedNetwork`: the input
 normalisation, the mirrored halo the filter bank needs and the U-Net, giving
 per-class probabilities, so bioimage.io consumers (bioimageio.core, deepImageJ,
 ilastik, ...) run it without this plugin.  It also carries this plugin's own
@@ -27,10 +27,10 @@ import numpy as np
 import tifffile
 import torch
 
-from .bioimageio_network import TileRules, make_test_input, tile_rules, torchscript_network
-from .core.checkpoint import PACKAGE_CHECKPOINT, SegmentationModel
-from .core.errors import DependencyError, InputError, missing_package
-from .core.files import atomic_file
+from ..core.checkpoint import PACKAGE_CHECKPOINT, SegmentationModel
+from ..core.errors import DependencyError, InputError, missing_package
+from ..core.files import atomic_file
+from .network import TileRules, make_test_input, tile_rules, torchscript_network
 
 AXES = ("z", "y", "x")
 INPUT_ID = "raw"

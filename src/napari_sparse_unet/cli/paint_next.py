@@ -3,8 +3,7 @@
     napari-sparse-unet predict ... --instances 2 --min-size 50 --instances-out cells.tif
     napari-sparse-unet predict ... --uncertainty-out unsure.tif --labels painted.tif --ranking-out next.csv
 
-Kept apart from :mod:`.cli` so the command line only gains small hooks.  The
-rules (valid class, method, measure) live in :mod:`.core.rules`.
+The rules (valid class, method, measure) live in :mod:`..core.rules`.
 """
 
 from __future__ import annotations
@@ -13,21 +12,25 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._cli_channels import channel_files
-from .core.errors import InputError
-from .core.instances import INSTANCE_METHODS, LANDSCAPES, InstanceConfig
-from .core.rules import annotation_shape_problem, check_instance_class
-from .core.uncertainty import UNCERTAINTY_MEASURES, ranking_csv, rank_slices
-from .io import create_output, read_volume
+from ..core.errors import InputError
+from ..core.instances import INSTANCE_METHODS, LANDSCAPES, InstanceConfig
+from ..core.rules import annotation_shape_problem, check_instance_class
+from ..core.uncertainty import UNCERTAINTY_MEASURES, ranking_csv, rank_slices
+from ..io import create_output, read_volume
+from .channels import channel_files
+from .common import UsageError, check_output_path, non_negative_int
+
+if TYPE_CHECKING:
+    from ..core.checkpoint import SegmentationModel
 
 AXES = "zyx"
 
 
-def add_options(parser: argparse.ArgumentParser, non_negative_int: Any) -> None:
+def add_options(parser: argparse.ArgumentParser) -> None:
     """Add the instance and uncertainty options to the ``predict`` parser."""
     group = parser.add_argument_group("instances (one label per object of a class)")
     group.add_argument("--instances", type=int, metavar="CLASS_VALUE",
@@ -53,29 +56,28 @@ def requested(args: argparse.Namespace) -> bool:
     return args.instances is not None or args.uncertainty_out is not None
 
 
-def check(args: argparse.Namespace, model: Any, spatial: tuple[int, ...], usage_error: type[Exception],
-          check_output: Callable[[str | None, str], None]) -> InstanceConfig | None:
+def check(args: argparse.Namespace, model: SegmentationModel, spatial: tuple[int, ...]) -> InstanceConfig | None:
     """Refuse inconsistent options before any work; return the instance settings (or None)."""
     if (args.instances is None) != (args.instances_out is None):
-        raise usage_error("--instances CLASS_VALUE and --instances-out OUT go together")
+        raise UsageError("--instances CLASS_VALUE and --instances-out OUT go together")
     for option in ("labels", "ranking_out"):
         if getattr(args, option) is not None and args.uncertainty_out is None:
-            raise usage_error(f"--{option.replace('_', '-')} is for the slice ranking, which needs --uncertainty-out OUT")
+            raise UsageError(f"--{option.replace('_', '-')} is for the slice ranking, which needs --uncertainty-out OUT")
     outputs = [("--out", args.out), ("--probabilities", args.probabilities),
                ("--instances-out", args.instances_out), ("--uncertainty-out", args.uncertainty_out)]
     seen: dict[Path, str] = {Path(f).resolve(): "--image" for f in channel_files(args.image)}
     for option, value in outputs:
         if value is None:
             continue
-        check_output(value, option)
+        check_output_path(value, option)
         target = Path(value).resolve()
         if target in seen:
-            raise usage_error(f"{option} {value!r} is the same file as {seen[target]}")
+            raise UsageError(f"{option} {value!r} is the same file as {seen[target]}")
         seen[target] = option
     if args.ranking_out is not None and not Path(args.ranking_out).resolve().parent.is_dir():
-        raise usage_error(f"--ranking-out {args.ranking_out!r}: its folder does not exist")
+        raise UsageError(f"--ranking-out {args.ranking_out!r}: its folder does not exist")
     if rank_axis(args, spatial) < 0:
-        raise usage_error(f"--rank-axis {args.rank_axis}: a 2-D image has only the y and x axes")
+        raise UsageError(f"--rank-axis {args.rank_axis}: a 2-D image has only the y and x axes")
     args.painted = _painted(args, spatial)  # read now: a wrong annotation is refused before any tile runs
     if args.instances is None:
         return None
@@ -130,7 +132,7 @@ def report(args: argparse.Namespace, result: Any, spatial: tuple[int, ...], top:
     skipped = " (painted slices left out)" if args.labels else ""
     print(f"least sure {args.rank_axis} slices, mean {args.uncertainty}{skipped}: {shown or 'none left'}")
     if args.ranking_out is not None:
-        from .core.files import atomic_file
+        from ..core.files import atomic_file
 
         with atomic_file(args.ranking_out) as temp:
             Path(temp).write_text(ranking_csv(ranking, len(spatial)))

@@ -3,11 +3,11 @@ and read DICOM series (a folder of slices) and MATLAB ``.mat`` files.
 
 Arrays are in napari's axis order: (Z, Y, X) for a volume, (C, Z, Y, X) with channels,
 (Y, X) for an image.  NIfTI and DICOM volumes come in radiological display axes (X to
-the patient's left, Y posterior, Z superior; see ``formats/``), and a NIfTI written with
+the patient's left, Y posterior, Z superior; see :mod:`.formats`), and a NIfTI written with
 a source file's geometry goes back onto that file's voxel grid.  Spacing is a (Z, Y, X)
 tuple (or (Y, X)) of voxel sizes in the file's unit, ``None`` where the file does not
 record one.  The npe2 reader and writer (``_layers/files.py``) and the command line
-both read through this module.
+both read through this package.
 
 Every write is atomic: the data go to a temporary file or folder beside the target,
 which replaces the target only once it is complete, so a failure leaves the old file
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core.errors import VolumeIOError
-from .core.files import atomic_file, temporary_path_beside
+from ..core.errors import VolumeIOError
+from ..core.files import atomic_file, temporary_path_beside
 
 if TYPE_CHECKING:
     from .formats import Volume
@@ -70,7 +70,7 @@ def volume_format(path: PathLike) -> str:
 
 
 def _import_optional(module: str, fmt: str) -> Any:
-    from ._optional import import_optional
+    from .._optional import import_optional
 
     return import_optional(module, fmt, f'pip install "napari-sparse-unet[io]" (or pip install {module})')
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import VolumeIOError
+from ...core.errors import VolumeIOError
 from . import Volume
 
 SPACING_NAMES = ("spacing", "voxel_size", "pixdim")

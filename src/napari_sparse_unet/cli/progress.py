@@ -7,11 +7,11 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .core.generators import run_to_end
+from ..core.generators import run_to_end
 
 if TYPE_CHECKING:
-    from .core.checkpoint import SegmentationModel
-    from .core.jobs import PredictJob, PredictResult, TrainJob
+    from ..core.checkpoint import SegmentationModel
+    from ..core.jobs import PredictJob, PredictResult, TrainJob
 
 
 def progress_bar(total: int, desc: str, unit: str, quiet: bool, **kwargs: Any) -> Any:
