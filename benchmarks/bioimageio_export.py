@@ -12,7 +12,7 @@ them, ``--steps`` steps) on the generated sample volume, exported with
 The agreement is the share of voxels with the same label; they differ only where
 the U-Net's context differs (the consumer pads the whole volume by the halo).
 
-    python benchmarks/bioimageio_export.py         # ~5 min on 2 cores
+    python -m benchmarks.bioimageio_export         # ~5 min on 2 cores
 """
 
 from __future__ import annotations
@@ -27,11 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))
-
-from _report import machine_summary, write_section  # noqa: E402
+from benchmarks.report import machine_summary, write_section
 
 
 def main(argv=None) -> int:

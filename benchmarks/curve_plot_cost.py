@@ -1,6 +1,6 @@
 """What the training-curve plot costs the GUI thread, and what recording a step costs the trainer.
 
-Usage: QT_QPA_PLATFORM=offscreen python benchmarks/curve_plot_cost.py [--rows 3998] [--repeats 50]
+Usage: QT_QPA_PLATFORM=offscreen python -m benchmarks.curve_plot_cost [--rows 3998] [--repeats 50]
 
 Fills ``TrainingCurves`` with synthetic steps (the most it holds before
 thinning is just under 4000 rows), then times the widget's redraw with a
@@ -15,7 +15,7 @@ import os
 import time
 from types import SimpleNamespace
 
-from _report import machine_summary, write_section
+from benchmarks.report import machine_summary, write_section
 
 
 def main() -> None:

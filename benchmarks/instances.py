@@ -16,7 +16,7 @@ Hungarian assignment on IoU (scipy ``linear_sum_assignment``); a pair with
 IoU >= 0.5 is a true positive.  F1 = 2 TP / (true + predicted objects); mean
 matched IoU is over the true positives.
 
-    nice -n 19 python benchmarks/instances.py --steps 300 --seeds 0 1
+    nice -n 19 python -m benchmarks.instances --steps 300 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -24,18 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))
+from benchmarks import protocol
+from benchmarks.report import machine_summary, write_section
 
-import _protocol as protocol  # noqa: E402
-from _report import machine_summary, write_section  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SECTION = "instances"
 RESULT = HERE / "results" / "instances.json"

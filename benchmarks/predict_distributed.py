@@ -23,7 +23,7 @@ of the process or of each worker, the measured time per block, and the
 scheduler's cost per task (empty tasks through the same cluster); from those a
 projection for a 1 TB uint8 volume on 100 workers.
 
-    python benchmarks/predict_distributed.py [--shape 256 1024 1024] [--workers 1 2] [--train-steps 60] [--no-write]
+    python -m benchmarks.predict_distributed [--shape 256 1024 1024] [--workers 1 2] [--train-steps 60] [--no-write]
 """
 
 from __future__ import annotations
@@ -39,9 +39,6 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))
 
 CHUNKS = (64, 256, 256)
 # The default engine, small: see the module docstring.
@@ -49,7 +46,7 @@ NETWORK = {"base_channels": 4, "depth": 2, "filter_scales": (1.0,), "voxel_head"
 
 
 def peak_rss() -> int:
-    from _report import proc_bytes
+    from benchmarks.report import proc_bytes
 
     return proc_bytes("/proc/self/status", "VmHWM")
 
@@ -158,8 +155,7 @@ def _empty(i: int) -> int:
 
 
 def run_child(*args: object) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)], capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-m", __spec__.name, "--child", *map(str, args)], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -202,7 +198,7 @@ def main() -> None:
 
     import zarr
 
-    from _report import machine_summary, write_section
+    from benchmarks.report import machine_summary, write_section
 
     started = time.perf_counter()
     cores = os.cpu_count() or 1

@@ -7,7 +7,7 @@ uint8 volume from the ISBI 2012 EM stack, predicts it with the default
 The slope of peak RSS against voxels is the memory per added voxel: the
 input and the labels are 1 byte each, so 2 B/voxel is the floor.
 
-    python benchmarks/predict_memory.py [--depths 32 64 128] [--budget-mb 1024]
+    python -m benchmarks.predict_memory [--depths 32 64 128] [--budget-mb 1024]
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))
 DATA = HERE.parent.parent / "shared" / "data"
 
 
 def rss_bytes() -> int:
-    from _report import proc_bytes
+    from benchmarks.report import proc_bytes
 
     return proc_bytes("/proc/self/status", "VmRSS")
 
@@ -83,7 +81,7 @@ def main() -> None:
     runs = []
     for depth in args.depths:
         print(f"depth {depth}...", flush=True)
-        out = subprocess.run([sys.executable, __file__, "--child", str(depth), str(args.budget_mb), str(args.threads)],
+        out = subprocess.run([sys.executable, "-m", __spec__.name, "--child", str(depth), str(args.budget_mb), str(args.threads)],
                              check=True, capture_output=True, text=True).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
         print(runs[-1], flush=True)
@@ -94,7 +92,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from _report import machine_summary, write_section
+    from benchmarks.report import machine_summary, write_section
 
     lines = [
         "### Prediction peak memory vs volume size",

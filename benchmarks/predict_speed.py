@@ -13,7 +13,7 @@
    FLOPs of each stage (torch's counter; the voxel head's table lookups counted by hand)
    and the achieved fraction of the matrix-product rate.
 
-    python benchmarks/predict_speed.py [--depths 64 128] [--threads 2]
+    python -m benchmarks.predict_speed [--depths 64 128] [--threads 2]
 
 Time-budgeted figures need the cores to themselves: run it alone.
 """
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-import _protocol as protocol
-from _report import machine_summary, write_section
+from benchmarks import protocol
+from benchmarks.report import machine_summary, write_section
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "predict_speed"
@@ -227,7 +227,7 @@ def report(results: dict) -> str:
     lines.append(f"| other (tile cuts, conversions, softmax, Python) | {total - accounted:.2f} | {(total - accounted) / total:.0%} | | | |")
     unet = sorted((k, v) for k, v in profile["seconds"].items() if k.startswith(("U-Net", "input")))
     lines += ["", "U-Net by level: " + "; ".join(f"{k} {v:.2f} s" for k, v in unet) + "."]
-    lines += ["", f"Command: `python benchmarks/predict_speed.py --depths {' '.join(str(r['depth']) for r in runs)} --threads {results['threads']}`."]
+    lines += ["", f"Command: `python -m benchmarks.predict_speed --depths {' '.join(str(r['depth']) for r in runs)} --threads {results['threads']}`."]
     return "\n".join(lines)
 
 

@@ -12,8 +12,8 @@ child process, which needs ~0.9 kB per voxel).
 
 Run one volume per call (each takes minutes on 2 threads)::
 
-    python benchmarks/predict_vs_monai.py --volume ct128
-    python benchmarks/predict_vs_monai.py --volume em64x512
+    python -m benchmarks.predict_vs_monai --volume ct128
+    python -m benchmarks.predict_vs_monai --volume em64x512
 
 and the figures go to benchmarks/RESULTS.md.  Timings are wall-clock and
 process CPU time (all threads); the CPU may be shared, so compare ratios
@@ -32,8 +32,6 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))
 DATA = HERE.parent.parent / "shared" / "data"
 
 PATCH = (48, 48, 48)
@@ -87,7 +85,7 @@ def whole_volume_child(weights: str, volume: str, out: str) -> None:
 
 
 def mem_available() -> int:
-    from _report import proc_bytes
+    from benchmarks.report import proc_bytes
 
     return proc_bytes("/proc/meminfo", "MemAvailable")
 
@@ -128,7 +126,7 @@ def main() -> None:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from _report import machine_summary, write_section
+    from benchmarks.report import machine_summary, write_section
     from napari_sparse_unet.core.checkpoint import SegmentationModel
     from napari_sparse_unet.core.config import PredictConfig, TrainConfig
     from napari_sparse_unet.core.data import fit_normalization
@@ -169,7 +167,7 @@ def main() -> None:
             if mem_available() > 1.15 * need:
                 print(f"whole-volume forward pass in a child process (~{need / 2**30:.1f} GiB)...", flush=True)
                 _, seconds, _ = timed(lambda: subprocess.run(
-                    [sys.executable, __file__, "--child", str(tmp / "weights.pt"), str(tmp / "volume.npy"), str(cached)],
+                    [sys.executable, "-m", __spec__.name, "--child", str(tmp / "weights.pt"), str(tmp / "volume.npy"), str(cached)],
                     check=True))
                 print(f"whole-volume pass: {seconds:.0f} s wall", flush=True)
                 reference = np.load(cached, mmap_mode="r")
@@ -259,7 +257,7 @@ def main() -> None:
         "bfloat16, channels-last, at a third to a half of the float32 time per voxel. MONAI under the same "
         "autocast gains too: the ratio of its bfloat16 row to ours isolates what the tiling alone buys.",
         "",
-        f"Command: `python benchmarks/predict_vs_monai.py --volume {args.volume} --budgets {' '.join(map(str, args.budgets))}"
+        f"Command: `python -m benchmarks.predict_vs_monai --volume {args.volume} --budgets {' '.join(map(str, args.budgets))}"
         f" --repeats {args.repeats} --precisions {' '.join(args.precisions)}`.",
     ]
     markdown = "\n".join(lines)

@@ -11,18 +11,18 @@ Runs the protocol of ``../shared/data/README.md`` on every volume there:
   longest axis, annotate k z-slices of the first, predict the second, score all of it.
 
 Methods: ``unet`` (the project's core, CPU preset, ``--budget`` seconds of training)
-and ``rf`` (``_random_forest.py``: 100 trees on ilastik's filter features, timed as
+and ``rf`` (``random_forest.py``: 100 trees on ilastik's filter features, timed as
 features + fit + predict).  Every run writes one JSON under ``benchmarks/results/accuracy/``;
 the table in ``RESULTS.md`` and the plots are rebuilt from all JSONs there, so runs can be
 split over time (``--volumes``, ``--methods``, ``--settings``, ``--skip-existing``).
 ``--seed N`` (N != 0) repeats runs into ``results/accuracy_seeds/seedN/`` and rebuilds the
 "Seed spread" section instead, so the headline table stays one run per cell at seed 0.
 
-    python benchmarks/sparse_accuracy.py                       # everything (~70 min on 2 idle cores)
-    python benchmarks/sparse_accuracy.py --quick               # smoke run on crops (~3 min)
-    python benchmarks/sparse_accuracy.py --volumes ct --methods rf
-    python benchmarks/sparse_accuracy.py --report-only         # table + plots from the JSONs
-    python benchmarks/sparse_accuracy.py --volumes ovule --settings z --seed 1   # a repeat for the spread
+    python -m benchmarks.sparse_accuracy                       # everything (~70 min on 2 idle cores)
+    python -m benchmarks.sparse_accuracy --quick               # smoke run on crops (~3 min)
+    python -m benchmarks.sparse_accuracy --volumes ct --methods rf
+    python -m benchmarks.sparse_accuracy --report-only         # table + plots from the JSONs
+    python -m benchmarks.sparse_accuracy --volumes ovule --settings z --seed 1   # a repeat for the spread
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,12 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without installing
+from benchmarks import protocol
+from benchmarks.report import machine_summary, write_section
 
-import _protocol as protocol  # noqa: E402
-from _report import machine_summary, write_section  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 RESULTS_DIR = HERE / "results" / "accuracy"
 QUICK_DIR = HERE / "results" / "accuracy_quick"
@@ -89,7 +86,7 @@ class Spec:
 
 
 def run_rf(train_image, annotation, predict_image, spacing, args) -> dict:
-    from _random_forest import run_forest
+    from benchmarks.random_forest import run_forest
 
     result = run_forest(train_image, annotation, predict_image, spacing, seed=args.seed,
                         max_samples=args.rf_max_samples)

@@ -13,7 +13,7 @@ norm made this 4.8-15 % (a voxel's statistics came from its tile); with batch no
 the filter bank's mirrored halo only the convolutions' zero padding at tile borders is
 left, and blending hides most of it.
 
-    python benchmarks/tile_agreement.py            # ~5 min on 2 cores
+    python -m benchmarks.tile_agreement            # ~5 min on 2 cores
 """
 
 from __future__ import annotations
@@ -21,18 +21,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))
-
-import _protocol as protocol  # noqa: E402
-from _report import machine_summary, write_section  # noqa: E402
+from benchmarks import protocol
+from benchmarks.report import machine_summary, write_section
 
 VOLUMES = ("isbi2012_em", "totalseg_ct", "plantseg_ovule", "brats_mri_dev")
 

@@ -1,6 +1,6 @@
 """Training throughput: steps and voxels per second with 1 thread and with every core.
 
-Usage: python benchmarks/train_speed.py [--steps 20] [--preset cpu]
+Usage: python -m benchmarks.train_speed [--steps 20] [--preset cpu]
 
 Each configuration runs in a fresh subprocess (torch's thread pool is fixed per
 process), trains on the generated sample with the preset's patch and width,
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from _report import machine_summary, write_section
+from benchmarks.report import machine_summary, write_section
 
 WARMUP = 3
 
@@ -58,7 +58,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     rows = []
     for threads in sorted({1, cores}):
-        out = subprocess.run([sys.executable, __file__, "--child", str(threads), "--steps", str(args.steps), "--preset", args.preset],
+        out = subprocess.run([sys.executable, "-m", __spec__.name, "--child", str(threads), "--steps", str(args.steps), "--preset", args.preset],
                              check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(rows[-1], flush=True)

@@ -15,7 +15,7 @@ machine load; run under ``nice -n 19``.  When (a) and (b) pick the same slice th
 two arms are identical.  Each run appends one JSON line to
 ``results/uncertainty_guided.jsonl``; the table is rebuilt from all lines.
 
-    nice -n 19 python benchmarks/uncertainty_guided.py --volumes ovule em --steps 200 --seeds 0 1
+    nice -n 19 python -m benchmarks.uncertainty_guided --volumes ovule em --steps 200 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))
+from benchmarks import protocol
+from benchmarks.report import machine_summary, write_section
 
-import _protocol as protocol  # noqa: E402
-from _report import machine_summary, write_section  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SECTION = "uncertainty-guided"
 RESULTS = HERE / "results" / "uncertainty_guided.jsonl"

@@ -1,16 +1,13 @@
-"""The sparse-annotation protocol and Dice scoring of benchmarks/_protocol.py, on tiny arrays with exact answers."""
+"""The sparse-annotation protocol and Dice scoring of benchmarks/protocol.py, on tiny arrays with exact answers."""
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import _protocol as protocol  # noqa: E402
+from benchmarks import protocol
 
 
 # --------------------------------------------------------------------------- slice choice

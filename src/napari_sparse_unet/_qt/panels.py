@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
@@ -24,6 +24,9 @@ from ..core.errors import UserInputError
 from ..core.presets import preset_of
 from .notify import notify
 from .training_panel import PRESET_LABELS
+
+if TYPE_CHECKING:
+    from ..core.checkpoint import SegmentationModel
 
 MODEL_FILTER = "Sparse U-Net model (*.pt);;All files (*)"
 # A bioimage.io package written by 'napari-sparse-unet export' loads like a .pt file.
@@ -176,7 +179,7 @@ class ModelPanel(QGroupBox):
         self.status_changed.emit(f"Loaded {path}. Predict works now; painting and Train more fine-tune it.")
         return model
 
-    def show_model(self, model: Any) -> None:
+    def show_model(self, model: SegmentationModel) -> None:
         if model is None:
             self.model_label.setText("No model yet.")
             return
@@ -233,7 +236,7 @@ class ProgressPanel(QWidget):
         self.loss_label.setText(f"tile {event.tiles_done}/{event.tiles_total} · {event.elapsed:.0f} s")
 
 
-def _export_package(model: Any, path: str, image: Any) -> str:
+def _export_package(model: SegmentationModel, path: str, image: Any) -> str:
     """Worker thread: write and validate the package; returns the status line."""
     from ..bioimageio.export import export_model
 

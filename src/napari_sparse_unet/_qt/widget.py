@@ -135,7 +135,7 @@ class SparseUNetWidget(QWidget):
         self.model_panel.export_button.setEnabled(not busy and not exporting and image and self.model is not None)
         self.data.set_busy(busy)
 
-    def _set_model(self, model: Any) -> None:
+    def _set_model(self, model: SegmentationModel) -> None:
         self.model = model
         self.data.has_model = model is not None
         self.data.model_names = dict(zip(model.class_values, model.class_names)) if model is not None else {}
@@ -244,7 +244,7 @@ class SparseUNetWidget(QWidget):
             return
         self.progress.status_label.setText(f"Training… preview at step {preview.step} ({preview.seconds:.1f} s)")
 
-    def _on_train_returned(self, model: Any) -> None:
+    def _on_train_returned(self, model: SegmentationModel) -> None:
         if model is None:
             self.progress.status_label.setText("Training stopped before the first step; the model is unchanged.")
             return
@@ -400,7 +400,7 @@ class SparseUNetWidget(QWidget):
             self.view.update()
         self._update_buttons()
 
-    def _on_loaded(self, model: Any) -> None:
+    def _on_loaded(self, model: SegmentationModel) -> None:
         self._set_model(model)
         self.curves.show_curves(model.curves)
         if model.in_channels > 1 and not self.data.preselect_channels(model.channel_names):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from .config import PredictConfig
 from .data import model_lut
 from .generators import run_to_end
 from .tiling import per_axis_values, tile_starts
+
+if TYPE_CHECKING:
+    from .checkpoint import SegmentationModel
 
 
 @dataclass
@@ -61,7 +64,7 @@ class BlockPredictor:
     volume_shape: tuple[int, ...] | None = None
 
     @classmethod
-    def from_model(cls, model: Any, config: PredictConfig = PredictConfig()) -> "BlockPredictor":
+    def from_model(cls, model: SegmentationModel, config: PredictConfig = PredictConfig()) -> "BlockPredictor":
         """Blocks predicted as :func:`.predict.predict` predicts the whole volume with ``model`` and ``config``."""
         return cls(
             num_classes=int(model.num_classes),

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .checkpoint import SegmentationModel
 
 # Voxels read per step when scanning big arrays, so checks never hold a float copy.
 _CHUNK_VOXELS = 1 << 22
@@ -79,7 +82,7 @@ def label_lut(class_values: Sequence[int]) -> np.ndarray:
     return np.asarray(values, dtype=dtype)
 
 
-def model_lut(model: Any) -> np.ndarray:
+def model_lut(model: SegmentationModel) -> np.ndarray:
     """:func:`label_lut` of a model: its own ``output_lut()`` when it has one, else from its ``class_values``."""
     return model.output_lut() if hasattr(model, "output_lut") else label_lut(model.class_values)
 

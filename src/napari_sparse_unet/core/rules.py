@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .data import annotation_counts, check_finite
 from .errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from .checkpoint import SegmentationModel
 
 #: Device names the settings, the command line and the widget accept; ``auto``
 #: picks CUDA, then Apple's MPS, then the CPU.
@@ -279,7 +282,7 @@ def painted_values(counts: Sequence[Mapping[int, int]]) -> tuple[int, ...]:
     return tuple(sorted(total))
 
 
-def finetune_problem(model: Any, image_cf_shape: Sequence[int], values: Sequence[int]) -> str | None:
+def finetune_problem(model: SegmentationModel, image_cf_shape: Sequence[int], values: Sequence[int]) -> str | None:
     """Why ``model`` cannot be fine-tuned on a (C, *spatial) image painted with ``values`` (None if it can)."""
     dims, channels = len(image_cf_shape) - 1, int(image_cf_shape[0])
     if model.spatial_dims != dims or model.in_channels != channels:
