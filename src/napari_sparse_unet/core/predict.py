@@ -463,8 +463,8 @@ def sliding_window_predict(
     device = torch.device(device)
     started = time.perf_counter()
     done = 0
-    extent = [max(int(start[axis]) + t for start in grid) for axis, t in enumerate(tile)][1:]
-    rows = _RowFeatures(image_cf, featurize, normalize, halo, tile, extent) if featurize is not None else None
+    reach = [max(int(start[axis]) + t for start in grid) for axis, t in enumerate(tile)][1:]
+    rows = _RowFeatures(image_cf, featurize, normalize, halo, tile, reach) if featurize is not None else None
     for first in range(0, len(grid), max(1, int(batch_size))):
         starts = grid[first : first + max(1, int(batch_size))]
         if rows is not None:

@@ -15,6 +15,7 @@ channel-major as :class:`~.filters.FilterBank` gives them; maps are (N, F, *spat
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -208,26 +209,25 @@ class KnotTable:
         features = x.shape[1]
         index = x.view(torch.int16).to(torch.int64)
         index += torch.arange(32768, 65536 * features, 65536, device=x.device)
-        rows, fractions = self._bfloat16_table()
+        rows, fractions = self._bfloat16_table
         return rows.take(index), fractions.take(index)
 
+    @functools.cached_property
     def _bfloat16_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and fraction (F·65536,) of every bfloat16 value of every feature, by its bits as int16 + 32768."""
-        if "_bf16" not in self.__dict__:
-            features = self.knots.shape[0]
-            values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
-            values = values.expand(features, -1)
-            # Most bfloat16 values lie beyond the knots, where the layer is that of the nearest end: search the rest.
-            everyone = torch.arange(features)
-            rows, fractions = (t[:, None].repeat(1, 65536) for t in self._search(self.knots[:, 0], everyone))
-            high = values >= self.knots[:, -1:]
-            rows[high], fractions[high] = (t[:, None].expand(-1, 65536)[high] for t in self._search(self.knots[:, -1], everyone))
-            inside = (values > self.knots[:, :1]) & ~high
-            which, _ = inside.nonzero(as_tuple=True)
-            rows[inside], fractions[inside] = self._search(values[inside], which)
-            fractions[values.isnan()] = math.nan  # a NaN feature gives NaN logits, as the float32 path does
-            object.__setattr__(self, "_bf16", (rows.reshape(-1).int(), fractions.reshape(-1)))  # int32: half the bytes to gather
-        return self.__dict__["_bf16"]
+        features = self.knots.shape[0]
+        values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+        values = values.expand(features, -1)
+        # Most bfloat16 values lie beyond the knots, where the layer is that of the nearest end: search the rest.
+        everyone = torch.arange(features)
+        rows, fractions = (t[:, None].repeat(1, 65536) for t in self._search(self.knots[:, 0], everyone))
+        high = values >= self.knots[:, -1:]
+        rows[high], fractions[high] = (t[:, None].expand(-1, 65536)[high] for t in self._search(self.knots[:, -1], everyone))
+        inside = (values > self.knots[:, :1]) & ~high
+        which, _ = inside.nonzero(as_tuple=True)
+        rows[inside], fractions[inside] = self._search(values[inside], which)
+        fractions[values.isnan()] = math.nan  # a NaN feature gives NaN logits, as the float32 path does
+        return rows.reshape(-1).int(), fractions.reshape(-1)  # int32: half the bytes to gather
 
     def _search(self, value: torch.Tensor, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and fraction of values (n,) of features (n,) within the knots' range, by binary search."""
