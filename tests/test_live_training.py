@@ -79,7 +79,7 @@ def test_strokes_painted_while_training_join_the_training_data(tiny_sample):
     events = job.run()
     next(events)
     before = job.trainer.painted_voxels
-    rows_before = len(job.trainer._voxel_rows[1])
+    rows_before = len(job.trainer.data.voxel_rows[1])
     z = _unpainted_slice(annotation)
     corrected = truth[z] + 1  # painted in full
     job.correct(z, corrected[None].copy())
@@ -87,7 +87,7 @@ def test_strokes_painted_while_training_join_the_training_data(tiny_sample):
     assert seen and seen[0].problem is None
     added = corrected.size
     assert job.trainer.painted_voxels == before + added == seen[0].painted_voxels
-    assert len(job.trainer._voxel_rows[1]) == rows_before + added
+    assert len(job.trainer.data.voxel_rows[1]) == rows_before + added
     assert not np.any(annotation[z])  # the caller's annotation is not written to
 
 

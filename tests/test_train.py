@@ -11,7 +11,8 @@ from napari_sparse_unet.core.config import PredictConfig, TrainConfig
 from napari_sparse_unet.core.predict import predict
 from napari_sparse_unet.core.errors import ConfigError, InputError
 from napari_sparse_unet.core.metrics import dice_per_class, mean_dice
-from napari_sparse_unet.core.train import MIN_SLICES_FOR_VALIDATION, Trainer, train
+from napari_sparse_unet.core.train import Trainer, train
+from napari_sparse_unet.core.training_data import MIN_SLICES_FOR_VALIDATION
 
 
 def dice_on_annotated(predicted, target, num_classes):
@@ -103,8 +104,8 @@ def test_validation_slice_is_held_out_and_scored(tiny_volume):
         annotation[z] = truth[z] + 1
     config = dataclasses.replace(FAST, max_steps=20, validation=True, validate_every=10)
     trainer = Trainer([image], [annotation], config)
-    assert trainer._validation is not None
-    held_out = sum(int((v.target >= 0).sum()) for v in trainer.volumes)
+    assert trainer.data.validation is not None
+    held_out = sum(int((v.target >= 0).sum()) for v in trainer.data.volumes)
     assert held_out == (annotation > 0).sum() - 32 * 32  # one slice fewer to train on
     scores = [e.val_dice for e in trainer.run() if e.val_dice is not None]
     assert len(scores) == 2 and all(0 <= s <= 1 for s in scores)
@@ -158,11 +159,11 @@ def test_lines_from_other_planes_do_not_trigger_a_hold_out(tiny_volume):
     for y in range(2, 30, 4):  # Y planes cross every Z plane with a line
         annotation[:, y] = truth[:, y] + 1
     trainer = Trainer([image], [annotation], dataclasses.replace(FAST, validation=True))
-    assert trainer._validation is None
+    assert trainer.data.validation is None
 
 
 def test_running_dice_scores_painted_voxels_only():
-    from napari_sparse_unet.core.train import RunningDice
+    from napari_sparse_unet.core.metrics import RunningDice
 
     running = RunningDice(num_classes=3, window=2)
     assert running.mean_foreground() is None
