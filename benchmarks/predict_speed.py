@@ -106,7 +106,8 @@ def stage_profile(model_path: Path, image_path: Path, threads: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from napari_sparse_unet.api import PredictConfig, SegmentationModel
-    from napari_sparse_unet.core import predict as engine
+    from napari_sparse_unet.core import predict, row_features
+    from napari_sparse_unet.core import sliding_window as engine
 
     torch.set_num_threads(threads)
     model = SegmentationModel.load(model_path)
@@ -139,21 +140,23 @@ def stage_profile(model_path: Path, image_path: Path, threads: int) -> dict:
     unet_parts += [("U-Net level 0 (decoder + up)", network.head)]
     for key, module in unet_parts:
         module_hooks(module, key)
-    original_read, original_write, original_add = engine._read_tile, engine._write_slab, engine.SlabStitcher.add
-    engine._read_tile = timed("reading + normalisation", original_read)
+    original_read, original_write, original_add = row_features.read_tile, engine._write_slab, engine.SlabStitcher.add
+    # Tiles are read by the sliding window, rows of planes by the row features: both count as reading.
+    engine.read_tile = row_features.read_tile = timed("reading + normalisation", original_read)
     engine._write_slab = timed("labels out (argmax, writing)", original_write)
     engine.SlabStitcher.add = timed("blending", original_add)
     original_featurizer = engine.Featurizer.__call__
     engine.Featurizer.__call__ = timed("filter bank + voxel head (per row)", original_featurizer)
     try:
         start = time.perf_counter()
-        engine.predict(model, image, PredictConfig())
+        predict.predict(model, image, PredictConfig())
         total = time.perf_counter() - start
     finally:
-        engine._read_tile, engine._write_slab, engine.SlabStitcher.add = original_read, original_write, original_add
+        engine.read_tile = row_features.read_tile = original_read
+        engine._write_slab, engine.SlabStitcher.add = original_write, original_add
         engine.Featurizer.__call__ = original_featurizer
     seconds["filter bank"] = seconds.pop("filter bank + voxel head (per row)") - seconds["voxel head"]
-    tile, _ = engine.plan_prediction(model, image.shape, PredictConfig())
+    tile, _ = predict.plan_prediction(model, image.shape, PredictConfig())
     voxels = image.size
 
     # FLOPs per output voxel: the bank on one row of planes, the U-Net on one tile (torch's counter).

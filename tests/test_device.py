@@ -16,7 +16,7 @@ from napari_sparse_unet.core.device import (
     resolve_device,
 )
 from napari_sparse_unet.core.model import build_model
-from napari_sparse_unet.core.predict import make_predictor
+from napari_sparse_unet.core.predictor import make_predictor
 from napari_sparse_unet.core.train import Trainer
 
 CPU = torch.device("cpu")

@@ -7,21 +7,18 @@ import pytest
 import torch
 import zarr
 
-from napari_sparse_unet.core import predict as predict_module
+from napari_sparse_unet.core import predictor as predictor_module
+from napari_sparse_unet.core import row_features as row_features_module
+from napari_sparse_unet.core import sliding_window as sliding_window_module
 from napari_sparse_unet.core.checkpoint import SegmentationModel
 from napari_sparse_unet.core.config import ModelConfig, PredictConfig, TrainConfig
 from napari_sparse_unet.core.data import Normalization, label_lut
 from napari_sparse_unet.core.errors import InputError
 from napari_sparse_unet.core.model import build_model
-from napari_sparse_unet.core.predict import (
-    PredictEvent,
-    choose_tile_size,
-    estimate_tile_bytes,
-    sliding_window_predict,
-    make_predictor,
-    predict,
-    predict_iter,
-)
+from napari_sparse_unet.core.predict import predict, predict_iter
+from napari_sparse_unet.core.predictor import make_predictor
+from napari_sparse_unet.core.sliding_window import PredictEvent, sliding_window_predict
+from napari_sparse_unet.core.tile_size import choose_tile_size, estimate_tile_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -140,12 +137,12 @@ class RecordingOutput:
 def test_result_streams_out_slab_by_slab_with_a_one_tile_deep_buffer(monkeypatch):
     shapes = []
 
-    class Spy(predict_module.SlabStitcher):
+    class Spy(sliding_window_module.SlabStitcher):
         def add(self, start, values):
             shapes.append(self.buffer_shape)
             super().add(start, values)
 
-    monkeypatch.setattr(predict_module, "SlabStitcher", Spy)
+    monkeypatch.setattr(sliding_window_module, "SlabStitcher", Spy)
     shape, tile = (40, 6, 7), (6, 4, 4)
     image = np.random.default_rng(2).normal(size=(1, *shape)).astype(np.float32)
     labels = RecordingOutput(shape, np.uint8)
@@ -309,10 +306,10 @@ def test_a_row_of_big_planes_can_be_stopped_between_its_slabs(monkeypatch):
         network=build_model(config).eval(), model_config=config, train_config=TrainConfig(),
         normalization=Normalization(low=(0.0,), high=(1.0,)), class_values=(1, 2), patch_size=(4, 8, 8),
     )
-    monkeypatch.setattr(predict_module, "_FEATURE_VOXELS", 64)  # one plane of 8×8 per slab
+    monkeypatch.setattr(row_features_module, "_FEATURE_VOXELS", 64)  # one plane of 8×8 per slab
     calls = []
-    original = predict_module.Featurizer.__call__
-    monkeypatch.setattr(predict_module.Featurizer, "__call__", lambda self, x, out: calls.append(1) or original(self, x, out))
+    original = predictor_module.Featurizer.__call__
+    monkeypatch.setattr(predictor_module.Featurizer, "__call__", lambda self, x, out: calls.append(1) or original(self, x, out))
     generator = predict_iter(model, np.ones((8, 8, 8), np.float32), PredictConfig(tile_size=(4, 8, 8), overlap=0, device="cpu"))
     first = next(generator)
     generator.close()
@@ -322,6 +319,6 @@ def test_a_row_of_big_planes_can_be_stopped_between_its_slabs(monkeypatch):
     image = np.random.default_rng(0).random((8, 8, 8), dtype=np.float32)
     probabilities = [np.zeros((2, 8, 8, 8), np.float32) for _ in range(2)]
     predict(model, image, PredictConfig(tile_size=(4, 8, 8), overlap=0, device="cpu"), probabilities_out=probabilities[0])
-    monkeypatch.setattr(predict_module, "_FEATURE_VOXELS", 64)
+    monkeypatch.setattr(row_features_module, "_FEATURE_VOXELS", 64)
     predict(model, image, PredictConfig(tile_size=(4, 8, 8), overlap=0, device="cpu"), probabilities_out=probabilities[1])
     np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-5)

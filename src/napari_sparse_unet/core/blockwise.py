@@ -87,7 +87,7 @@ class BlockPredictor:
         lut: np.ndarray | None = None,
         normalize: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> "BlockPredictor":
-        """Blocks predicted as :func:`.predict.sliding_window_predict` predicts the whole volume with ``predictor``."""
+        """Blocks predicted as :func:`.sliding_window.sliding_window_predict` predicts the whole volume with ``predictor``."""
         tile = tuple(int(t) for t in tile_size)
         return cls(
             num_classes=int(num_classes),
@@ -162,7 +162,7 @@ class BlockPredictor:
         else:
             settings = {"predictor": self.predictor, "num_classes": self.num_classes, "lut": self.lut,
                         "normalize": self.normalize, "halo": self.input_halo}
-        from .predict import sliding_window_predict
+        from .sliding_window import sliding_window_predict
 
         run_to_end(sliding_window_predict(
             image_cf=region_cf, tile_size=self.tile_size, overlap=self.overlap, labels_out=labels,

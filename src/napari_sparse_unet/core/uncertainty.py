@@ -1,7 +1,7 @@
 """Where the model is unsure: per-voxel uncertainty and a ranking of slices to paint next.
 
 Uncertainty is computed from the class probabilities of each finished slab of
-the prediction (see :func:`~.predict.sliding_window_predict`'s ``slab_hooks``),
+the prediction (see :func:`~.sliding_window.sliding_window_predict`'s ``slab_hooks``),
 so no full-volume float buffer per class is ever held; it is stored as uint8
 (1 byte/voxel, 0 = sure, 255 = as unsure as it gets).
 

@@ -1,0 +1,139 @@
+"""Reading tiles of an image, and the filter features of a row of tiles computed once and cut into tiles.
+
+Images are channel-first, (C, Z, Y, X) or (C, Y, X); tiles are (C, *tile).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+import torch
+
+from .predictor import Featurizer
+from .sampling import crop_with_padding, reflect_indices
+
+# Output voxels filtered at once when a row's features are computed (bounds the filter bank's temporaries).
+_FEATURE_VOXELS = 1 << 21
+
+
+def read_tile(
+    image_cf: Any,
+    start: Sequence[int],
+    tile: Sequence[int],
+    normalize: Callable[[np.ndarray], np.ndarray] | None,
+    halo: Sequence[int] | None = None,
+) -> np.ndarray:
+    """(C, *(tile + 2·halo)) float32: the image under the tile and its halo, normalised, mirrored past the border."""
+    halo = (0,) * len(tile) if halo is None else tuple(halo)
+    raw = crop_with_padding(image_cf, [a - h for a, h in zip(start, halo)], [t + 2 * h for t, h in zip(tile, halo)], fill=None)
+    x = normalize(raw) if normalize is not None else raw
+    return np.asarray(x, dtype=np.float32)
+
+
+class RowFeatures:
+    """Filter-bank features of one row of tiles at a time, cut into tiles: (C·F, *tile) tensors.
+
+    Computed once per row because a tile filtering its own halo would filter the
+    overlap and the halo again for every tile.
+
+    A row is the tile's depth from one first-axis start, over the image's whole extent
+    along the other axes (mirrored where a tile reaches past the border: every feature
+    is mirror-symmetric, as the image padding is).  Its planes are read with the halo
+    along the first axis, normalised once, and filtered in slabs of at most
+    ``_FEATURE_VOXELS`` voxels (bounding the bank's temporaries); they are kept in the
+    featurizer's precision.
+    """
+
+    def __init__(
+        self,
+        image_cf: Any,
+        featurize: Featurizer,
+        normalize: Callable[[np.ndarray], np.ndarray] | None,
+        halo: Sequence[int] | None,
+        tile: Sequence[int],
+        extent: Sequence[int],
+    ) -> None:
+        """``extent``: how far the tiles reach along the axes after the first (at least the image's)."""
+        self.image_cf, self.featurize, self.normalize = image_cf, featurize, normalize
+        self.tile_shape = tuple(int(t) for t in tile)
+        self.extent = tuple(max(int(e), int(n)) for e, n in zip(extent, image_cf.shape[2:]))
+        self.depth_halo = 0 if halo is None else int(halo[0])
+        self.row_start: int | None = None
+        self.features: torch.Tensor | None = None
+        self.planes: tuple[int, np.ndarray] | None = None  # the last row's normalised planes and the first one's index
+
+    def prepare(self, row_start: int) -> Generator[None, None, None]:
+        """Compute the features of the row from ``row_start`` unless they are the current row's.
+
+        Yields between slabs of a row, where the caller may stop (a row of big planes takes seconds).
+        """
+        if row_start != self.row_start:
+            self.features = yield from self._compute(row_start)
+            self.row_start = row_start
+
+    def tile(self, start: Sequence[int]) -> torch.Tensor:
+        """The features under the tile at ``start`` (a view of the row's buffer), once :meth:`prepare` made its row."""
+        assert start[0] == self.row_start, "prepare the tile's row first"
+        tile = self.features
+        assert tile is not None
+        for axis, (a, t) in enumerate(zip(start[1:], self.tile_shape[1:]), start=2):
+            if 0 <= a and a + t <= tile.shape[axis]:
+                tile = tile.narrow(axis, a, t)
+            else:  # not on the tile grid: mirror the image's extent (slow, element by element)
+                size = int(self.image_cf.shape[axis])
+                tile = tile.index_select(axis, torch.from_numpy(reflect_indices(a, t, size)))
+        return tile
+
+    def _planes(self, first: int, count: int) -> np.ndarray:
+        """Normalised planes [first, first + count) (C, count, *rest) float32, mirrored past the ends.
+
+        Rows overlap, and so do their halos: planes the last row read are copied, not read and normalised again.
+        """
+        rest = tuple(int(n) for n in self.image_cf.shape[2:])
+        planes = np.empty((self.image_cf.shape[0], count, *rest), np.float32)
+        done_low = done_high = first
+        if self.planes is not None:
+            start, previous = self.planes
+            done_low, done_high = max(first, start), min(first + count, start + previous.shape[1])
+            if done_low < done_high:
+                planes[:, done_low - first : done_high - first] = previous[:, done_low - start : done_high - start]
+            else:
+                done_low = done_high = first
+        for low, high in ((first, done_low), (done_high, first + count)):
+            if low < high:
+                planes[:, low - first : high - first] = read_tile(
+                    self.image_cf, (low, *[0] * len(rest)), (high - low, *rest), self.normalize
+                )
+        self.planes = (first, planes)
+        return planes
+
+    def _compute(self, row_start: int) -> Generator[None, None, torch.Tensor]:
+        """Features of the row from ``row_start``, in the last row's buffer: planes both rows cover are moved, not computed again."""
+        rest = tuple(int(n) for n in self.image_cf.shape[2:])
+        depth, halo = self.tile_shape[0], self.depth_halo
+        features = self.features
+        if features is None:
+            features = torch.empty((self.featurize.channels, depth, *self.extent), dtype=self.featurize.dtype)
+        shift = row_start - self.row_start if self.row_start is not None else depth
+        first = depth - shift if 0 < shift < depth else 0  # the first plane to compute
+        for plane in range(first):  # ascending: a plane is read before it is overwritten
+            features[:, plane] = features[:, plane + shift]
+        planes = torch.from_numpy(self._planes(row_start + first - halo, depth - first + 2 * halo))
+        planes_t = planes.to(self.featurize.dtype)  # (C, depth - first + 2·halo, *rest)
+        inside = features[(slice(None), slice(first, depth), *(slice(0, n) for n in rest))]
+        step = max(1, _FEATURE_VOXELS // max(1, math.prod(rest)))
+        for a in range(0, depth - first, step):
+            if a:
+                yield
+            b = min(a + step, depth - first)
+            self.featurize(planes_t[None, :, a : b + 2 * halo], inside[:, a:b])
+        # Where tiles reach past the image, the features mirrored (every feature is mirror-symmetric,
+        # as the image padding is), one strip per axis.
+        computed = features.narrow(1, first, depth - first)
+        for axis, (size, length) in enumerate(zip(rest, self.extent), start=2):
+            if length > size:
+                mirrored = torch.from_numpy(reflect_indices(size, length - size, size))
+                computed.narrow(axis, size, length - size).copy_(computed.narrow(axis, 0, size).index_select(axis, mirrored))
+        return features
