@@ -23,21 +23,18 @@ import torch
 from .checkpoint import SegmentationModel
 from .config import TrainConfig
 from .data import fit_normalization
-from .device import autocast, autocast_dtype, preferred_memory_format, resolve_device
+from .device import autocast_dtype, preferred_memory_format, resolve_device
 from .errors import InputError
 from .generators import run_to_end
 from .keep_best import BestWeights, snapshot
-from .losses import masked_cross_entropy, sparse_segmentation_loss
+from .losses import masked_cross_entropy
 from .metrics import RunningDice
 from .model import build_model
 from .plan import plan
 from .rules import check_spacing, check_training_pair, finetune_problem, painted_values
 from .sampling import PatchSampler
+from .steps import Steps, parameter_groups
 from .training_data import TrainingData, VoxelBatches
-
-# The voxel head's learning rate relative to the U-Net's.
-VOXEL_HEAD_LR_SCALE = 0.3
-
 
 @dataclass(frozen=True)
 class TrainEvent:
@@ -61,19 +58,6 @@ class TrainEvent:
     progress: float
     val_dice: float | None = None
     fit_dice: float | None = None
-
-
-@dataclass
-class _Run:
-    """What one run of the loop steps with: the network on its device, and where batches come from."""
-
-    network: torch.nn.Module
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    memory_format: torch.memory_format
-    sampler: PatchSampler
-    weights: torch.Tensor
-    voxel_batches: VoxelBatches | None
 
 
 class Trainer:
@@ -222,15 +206,15 @@ class Trainer:
         rng = np.random.default_rng(config.seed)
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
-        run = self._start(rng)
-        network = run.network
+        steps = self._start(rng)
+        network = steps.network
         version = self.data.version
         # The voxel head alone first gives a model within seconds while the U-Net is untrained;
         # a model being fine-tuned has both experts trained already.
         voxel_warmup = config.voxel_warmup if self._initial is None else 0.0
-        optimizer = torch.optim.AdamW(_parameter_groups(network), lr=config.learning_rate, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(parameter_groups(network), lr=config.learning_rate, weight_decay=config.weight_decay)
         # float16 needs loss scaling against underflow; bfloat16 has float32's range.
-        scaler = torch.amp.GradScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
+        scaler = torch.amp.GradScaler(steps.device.type, enabled=steps.amp_dtype == torch.float16)
         previous_steps = int(self._initial.history.get("steps", 0)) if self._initial is not None else 0
         if self._initial is not None and self.data.validation is not None:
             self._score_and_keep(network)  # a fine-tuned model is kept only when it beats the one it continues from
@@ -249,9 +233,9 @@ class Trainer:
                     group["lr"] = lr * group["lr_scale"]
                 if version != self.data.version:  # annotations changed (update_annotations): train on them from now on
                     version = self.data.version
-                    run.sampler, run.weights, run.voxel_batches = self._batches(network, run.device, rng, fit_bins=False)
+                    steps.sampler, steps.weights, steps.voxel_batches = self._batches(network, steps.device, rng, fit_bins=False)
                 optimizer.zero_grad(set_to_none=True)
-                loss, shown, shown_target = self._loss(run, head_only=run.voxel_batches is not None and progress < voxel_warmup)
+                loss, shown, shown_target = steps.loss(head_only=steps.voxel_batches is not None and progress < voxel_warmup)
                 loss_value = float(loss.detach())
                 fit_counts.add(shown, shown_target)
                 if not math.isfinite(loss_value):
@@ -264,7 +248,7 @@ class Trainer:
                         )
                     continue
                 bad_steps = 0
-                shown_loss = float(masked_cross_entropy(shown, shown_target, run.weights))
+                shown_loss = float(masked_cross_entropy(shown, shown_target, steps.weights))
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
@@ -278,14 +262,14 @@ class Trainer:
                 )
             finished = True
             if config.recalibrate_norm:
-                _recalibrate_batch_norm(network, run.sampler, config.batch_size, run.device, run.memory_format, self.data.features)
+                steps.recalibrate_batch_norm()
         finally:
             self._finish(network, finished)
         model = self.best_model
         assert model is not None
         return model
 
-    def _start(self, rng: np.random.Generator) -> _Run:
+    def _start(self, rng: np.random.Generator) -> Steps:
         """The network on the training device, with its batches (bin edges fitted for a new model)."""
         device = self.device
         network = copy.deepcopy(self._initial.network) if self._initial is not None else build_model(self.model_config)
@@ -293,7 +277,10 @@ class Trainer:
         memory_format = preferred_memory_format(device, amp_dtype, self.model_config.spatial_dims)
         network.to(device=device, memory_format=memory_format).train()
         self._network = network
-        return _Run(network, device, amp_dtype, memory_format, *self._batches(network, device, rng, fit_bins=self._initial is None))
+        return Steps(
+            network, device, amp_dtype, memory_format, *self._batches(network, device, rng, fit_bins=self._initial is None),
+            features=self.data.features, batch_size=self.config.batch_size, dice_weight=self.config.dice_weight,
+        )
 
     def _batches(
         self, network: torch.nn.Module, device: torch.device, rng: np.random.Generator, *, fit_bins: bool
@@ -302,27 +289,6 @@ class Trainer:
         sampler = self.data.sampler(rng)
         weights = torch.ones(len(self.class_values), device=device)  # no inverse-frequency weights: they cost Dice
         return sampler, weights, self.data.voxel_batches(network, device, weights, fit_bins=fit_bins)
-
-    def _loss(self, run: _Run, *, head_only: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One step's loss, and the model's log-probabilities and targets on the painted voxels it saw."""
-        device, network = run.device, run.network
-        if head_only:
-            # The per-voxel classifier alone first: thousands of painted voxels a step, milliseconds each.
-            # The U-Net's logits are still zero (model.UNet), so the model's probabilities are the head's.
-            assert run.voxel_batches is not None
-            with autocast(device, run.amp_dtype):
-                loss, shown, shown_target = run.voxel_batches()
-            return loss, shown.detach(), shown_target
-        x, y = run.sampler.batch(self.config.batch_size)
-        x_t = torch.from_numpy(x).to(device, non_blocking=True).contiguous(memory_format=run.memory_format)
-        y_t = torch.from_numpy(y).to(device, non_blocking=True)
-        with autocast(device, run.amp_dtype):
-            features = x_t if self.data.features or network.filters is None else network.filters(x_t)
-            logits = network.classify(features)
-            loss = sparse_segmentation_loss(logits, y_t, run.weights, self.config.dice_weight)
-            if run.voxel_batches is not None:
-                loss = loss + run.voxel_batches()[0]
-        return (loss, *_as_predicted(network, features, logits, y_t))
 
     def _finish(self, network: torch.nn.Module, finished: bool) -> None:
         """Keep the final model; runs on normal end and when the caller closes the generator (cancel)."""
@@ -344,61 +310,6 @@ class Trainer:
         if step < self.config.warmup_steps:
             return base * (step + 1) / (self.config.warmup_steps + 1)
         return base * max(1.0 - progress, 0.02) ** 0.9
-
-
-@torch.no_grad()
-def _as_predicted(
-    network: torch.nn.Module, features: torch.Tensor, logits: torch.Tensor, target: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's log-probabilities as it predicts (U-Net times voxel head) at a batch's painted voxels.
-
-    ``features`` (N, F, *s) and ``logits`` (N, K, *s) are the U-Net's input and
-    output, ``target`` (N, *s) is -1 where unpainted.  Returns ((M, K), (M,)) for
-    the M painted voxels; without a voxel head, the U-Net's (N, K, *s) logits and ``target``.
-    """
-    head = getattr(network, "voxel_head", None)
-    if head is None:
-        return logits.detach().float(), target
-    painted = target >= 0
-    unet = logits.detach().float().movedim(1, -1)[painted]
-    voxel = head.rows(features.detach().float().movedim(1, -1)[painted])
-    return torch.log_softmax(unet, 1) + torch.log_softmax(voxel.float(), 1), target[painted]
-
-
-def _parameter_groups(network: torch.nn.Module) -> list[dict[str, Any]]:
-    """The U-Net's parameters at the base learning rate, the voxel head's at a third of it.
-
-    The voxel head is an MLP fed thousands of voxels a step; 1e-2 made it noisy
-    where 3e-3 converged (measured on the shared MRI and CT).
-    """
-    head = getattr(network, "voxel_head", None)
-    own = set(map(id, head.parameters())) if head is not None else set()
-    groups = [{"params": [p for p in network.parameters() if id(p) not in own], "lr_scale": 1.0}]
-    if head is not None:
-        groups.append({"params": list(head.parameters()), "lr_scale": VOXEL_HEAD_LR_SCALE})
-    return groups
-
-
-@torch.no_grad()
-def _recalibrate_batch_norm(network, sampler, batch_size, device, memory_format, features, batches: int = 16) -> None:
-    """Batch-norm running statistics as the plain average over fresh training batches ("precise BN").
-
-    During training they are an exponential average over a few recent, noisy
-    batches of weights that kept changing; prediction uses them for every tile.
-    """
-    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    for _ in range(batches):
-        x, _ = sampler.batch(batch_size)
-        x_t = torch.from_numpy(x).to(device).contiguous(memory_format=memory_format)
-        network.classify(x_t) if features else network(x_t)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
 
 
 def train(
