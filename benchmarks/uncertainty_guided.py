@@ -62,7 +62,7 @@ def run(alias: str, seed: int, steps: int, k: int) -> dict:
 
     from napari_sparse_unet.core.config import PredictConfig, TrainConfig
     from napari_sparse_unet.core.generators import run_to_end
-    from napari_sparse_unet.core.jobs import PredictJob
+    from napari_sparse_unet.jobs import PredictJob
     from napari_sparse_unet.core.train import train
     from napari_sparse_unet.core.uncertainty import rank_slices
 

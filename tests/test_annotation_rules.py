@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_sparse_unet.core.annotation import AnnotationCounter, AnnotationStats
-from napari_sparse_unet.core.jobs import ViewedSlice, preview_region
+from napari_sparse_unet.jobs import ViewedSlice, preview_region
 from napari_sparse_unet.core.rules import parse_patch_size
 
 

@@ -120,7 +120,7 @@ def test_a_checkpoint_saved_before_the_lab_settings_left_still_loads_and_predict
 
     from napari_sparse_unet.core.config import REMOVED_TRAIN_SETTINGS, PredictConfig
     from napari_sparse_unet.core.generators import run_to_end
-    from napari_sparse_unet.core.jobs import PredictJob
+    from napari_sparse_unet.jobs import PredictJob
 
     data = pathlib.Path(__file__).parent / "data"
     saved = torch.load(data / "checkpoint_c4c448c.pt", map_location="cpu", weights_only=False)

@@ -14,7 +14,7 @@ import torch
 from napari_sparse_unet.core.config import ModelConfig, PredictConfig, TrainConfig
 from napari_sparse_unet.core.errors import InputError
 from napari_sparse_unet.core.generators import run_to_end
-from napari_sparse_unet.core.jobs import Corrections, TrainJob
+from napari_sparse_unet.jobs import Corrections, TrainJob
 from napari_sparse_unet.core.metrics import dice_per_class, mean_dice
 from napari_sparse_unet.core.model import build_model
 from napari_sparse_unet.core.predict import predict

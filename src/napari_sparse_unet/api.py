@@ -19,7 +19,7 @@ from .core.config import PRESETS, ModelConfig, PredictConfig, TrainConfig
 from .core.device import available_devices, resolve_device
 from .core.errors import CheckpointError, ConfigError, InputError, UserInputError
 from .core.generators import run_to_end
-from .core.jobs import PredictJob, PredictResult, TrainJob
+from .jobs import PredictJob, PredictResult, TrainJob
 from .core.predict import PredictEvent, predict, predict_iter
 from .core.train import TrainEvent, Trainer, train
 from .core.training_log import TrainingLog, write_curves

@@ -1,6 +1,6 @@
 """One object owns the running job: its worker thread, stopping it, and shutting down.
 
-The job (``core.jobs``) is a generator; napari's ``create_worker`` runs it in a
+The job (``jobs``) is a generator; napari's ``create_worker`` runs it in a
 thread and delivers its events to handlers on the main thread.  Stopping asks
 the job to end at its next step; a worker cancelled from outside (napari's
 activity dock, closing the window) is closed here, so a training still keeps
@@ -19,7 +19,7 @@ from qtpy.QtCore import QEvent, QObject, QThreadPool, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
 from ..core.errors import UserInputError
-from ..core.jobs import Job
+from ..jobs import Job
 
 
 def error_message(error: BaseException) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from qtpy.QtCore import QObject, QTimer
 
 from .. import _layers
-from ..core.jobs import ViewedSlice
+from ..jobs import ViewedSlice
 
 VIEW_DELAY_MS = 150  # the visible region is read after napari has redrawn the moved camera
 

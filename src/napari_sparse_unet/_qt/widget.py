@@ -3,7 +3,7 @@
 The widget assembles small panels (``data_panel``, ``training_panel``,
 ``panels``) and turns their buttons into jobs.  Layer data are read and written
 only through ``_layers``; what input is valid is decided by ``core.rules`` (the
-command line applies the same rules); jobs (``core.jobs``) run in a worker
+command line applies the same rules); jobs (``jobs``) run in a worker
 owned by ``runner.JobRunner``, and their results come back to the handlers
 here, on the main thread.  torch is imported only in the worker threads, so
 importing this module (and starting napari) stays fast.
@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 from .. import _layers
 from ..core.annotation import AnnotationStats
 from ..core.errors import UserInputError
-from ..core.jobs import Corrections, PredictJob, PredictResult, Preview, TrainJob
+from ..jobs import Corrections, PredictJob, PredictResult, Preview, TrainJob
 from ..core.rules import check_instance_class, finetune_problem, model_channels_problem, model_image_problem
 from .corrections import CorrectionFeed
 from .curves_plot import CurvesPlot
@@ -463,7 +463,7 @@ class SparseUNetWidget(QWidget):
 def _available_devices() -> tuple[str, ...]:
     """Import the engine (seconds: torch) off the main thread; return the devices it can use."""
     from ..core.device import available_devices
-    from ..core.jobs import import_engine
+    from ..jobs import import_engine
 
     import_engine()
     try:  # the training plot's library, imported here rather than on the first Train click

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..core.config import PredictConfig
-from ..core.jobs import PredictJob, TrainJob
+from ..jobs import PredictJob, TrainJob
 from .common import (
     EXIT_INTERRUPTED,
     UsageError,

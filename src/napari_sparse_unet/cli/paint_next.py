@@ -102,7 +102,7 @@ def _painted(args: argparse.Namespace, spatial: tuple[int, ...]) -> Any:
 
 def open_outputs(args: argparse.Namespace, stack: contextlib.ExitStack, spatial: tuple[int, ...],
                  spacing: Any, instances: InstanceConfig | None) -> dict[str, Any]:
-    """Keyword arguments for :class:`~.core.jobs.PredictJob`: the instance and uncertainty outputs."""
+    """Keyword arguments for :class:`~.jobs.PredictJob`: the instance and uncertainty outputs."""
     kwargs: dict[str, Any] = {}
     like = channel_files(args.image)[0]  # spacing / NIfTI affine of the (first) input file
     if instances is not None:

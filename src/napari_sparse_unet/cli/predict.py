@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.config import PredictConfig
 from ..core.errors import InputError
-from ..core.jobs import PredictJob
+from ..jobs import PredictJob
 from ..core.rules import model_channels_problem, model_image_problem
 from ..io import create_output
 from . import blockwise, paint_next

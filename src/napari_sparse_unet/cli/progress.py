@@ -11,7 +11,7 @@ from ..core.generators import run_to_end
 
 if TYPE_CHECKING:
     from ..core.checkpoint import SegmentationModel
-    from ..core.jobs import PredictJob, PredictResult, TrainJob
+    from ..jobs import PredictJob, PredictResult, TrainJob
 
 
 def progress_bar(total: int, desc: str, unit: str, quiet: bool, **kwargs: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.jobs import TrainJob
+from ..jobs import TrainJob
 from ..core.rules import annotation_shape_problem
 from ..io import read_volume_with_spacing
 from .channels import read_image
