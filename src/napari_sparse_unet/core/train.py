@@ -36,6 +36,7 @@ from .losses import masked_cross_entropy, sparse_segmentation_loss
 from .model import build_model, choose_patch_size, plan_network
 from .sampling import PatchSampler, TrainingVolume, crop_with_padding
 from .voxel_head import painted_feature_rows
+from .warmup import HeadWarmup
 
 # Hold out a slice for validation only when this many annotated slices exist,
 # so a user who painted three slices trains on all three.
@@ -233,6 +234,8 @@ class Trainer:
         self._best_score = -math.inf
         self._best_cache: SegmentationModel | None = None
         self._network: torch.nn.Module | None = None
+        # The step at which the U-Net joined the voxel head (core.warmup); None while the head trains alone.
+        self.unet_joined_at: int | None = None
         self._history: dict[str, Any] = {}
 
     # ----------------------------------------------------------- training data
@@ -389,7 +392,8 @@ class Trainer:
         sampler, weights, voxel_batches = self._training_data(network, device, rng, fit_bins=self._initial is None)
         # The voxel head alone first gives a model within seconds while the U-Net is untrained;
         # a model being fine-tuned has both experts trained already.
-        voxel_warmup = config.voxel_warmup if self._initial is None else 0.0
+        warmup = HeadWarmup(config.voxel_warmup if self._initial is None and voxel_batches is not None else 0.0)
+        self.unet_joined_at = 0 if warmup.joined else None
         optimizer = torch.optim.AdamW(_parameter_groups(network), lr=config.learning_rate, weight_decay=config.weight_decay)
         # float16 needs loss scaling against underflow; bfloat16 has float32's range.
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -413,13 +417,16 @@ class Trainer:
                     version = self._data_version
                     sampler, weights, voxel_batches = self._training_data(network, device, rng, fit_bins=False)
                 optimizer.zero_grad(set_to_none=True)
-                if voxel_batches is not None and progress < voxel_warmup:
+                if warmup.head_alone(progress):
                     # The per-voxel classifier alone first: thousands of painted voxels a step, milliseconds each.
                     # The U-Net's logits are still zero (model.UNet), so the model's probabilities are the head's.
                     with autocast(device, amp_dtype):
                         loss, shown, shown_target = voxel_batches()
                     shown = shown.detach()
+                    warmup.add(float(loss.detach()))
                 else:
+                    if self.unet_joined_at is None:
+                        self.unet_joined_at = step
                     x, y = sampler.batch(config.batch_size)
                     x_t = torch.from_numpy(x).to(device, non_blocking=True).contiguous(memory_format=memory_format)
                     y_t = torch.from_numpy(y).to(device, non_blocking=True)
