@@ -1,6 +1,6 @@
 """Training throughput: steps and voxels per second with 1 thread and with every core.
 
-Usage: python -m benchmarks.train_speed [--steps 20] [--preset cpu]
+Usage: python -m benchmarks.train_speed [--steps 20] [--presets cpu gpu-small]
 
 Each configuration runs in a fresh subprocess (torch's thread pool is fixed per
 process), trains on the generated sample with the preset's patch and width,
@@ -49,7 +49,8 @@ def child(preset: str, steps: int, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--presets", nargs="+", default=["cpu"], help="presets to time, e.g. cpu gpu-small")
+    parser.add_argument("--preset", default="cpu", help=argparse.SUPPRESS)  # the child's
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -57,26 +58,28 @@ def main() -> None:
         return
     cores = os.cpu_count() or 1
     rows = []
-    for threads in sorted({1, cores}):
-        out = subprocess.run([sys.executable, "-m", __spec__.name, "--child", str(threads), "--steps", str(args.steps), "--preset", args.preset],
-                             check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        print(rows[-1], flush=True)
+    for preset in args.presets:
+        for threads in sorted({1, cores}):
+            command = [sys.executable, "-m", __spec__.name, "--child", str(threads), "--steps", str(args.steps), "--preset", preset]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            rows.append({"preset": preset, **json.loads(out.strip().splitlines()[-1])})
+            print(rows[-1], flush=True)
     load = os.getloadavg()[0]
-    base = rows[0]["seconds_per_step"]
     lines = [
         "## Training throughput (`benchmarks/train_speed.py`)",
         "",
-        f"Preset `{args.preset}` on the generated sample (40×128×128, spacing 2×1×1), {args.steps} steps after {WARMUP} warm-up steps, "
-        f"each thread count in a fresh process. Machine: {machine_summary()}; 1-minute load average at the end {load:.1f} "
-        "(2 cores: above 2, other work shared the CPU and the seconds are inflated).",
+        f"Presets {', '.join(f'`{p}`' for p in args.presets)} on the generated sample (40×128×128, spacing 2×1×1), "
+        f"{args.steps} steps after {WARMUP} warm-up steps, each run in a fresh process. Machine: {machine_summary()}; "
+        f"1-minute load average at the end {load:.1f} (2 cores: above 2, other work shared the CPU and the seconds are inflated).",
         "",
-        "| threads | patch × batch | s / step | steps / s | voxels / s | speed-up vs 1 thread |",
-        "|---|---|---|---|---|---|",
+        "| preset | threads | patch × batch | s / step | steps / s | voxels / s | speed-up vs 1 thread |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['threads']} | {'×'.join(map(str, r['patch']))} × {r['batch']} | {r['seconds_per_step']:.3f} | "
-                     f"{1 / r['seconds_per_step']:.2f} | {r['voxels_per_second'] / 1e3:.0f} k | {base / r['seconds_per_step']:.2f}× |")
+        base = next(b for b in rows if b["preset"] == r["preset"])["seconds_per_step"]
+        lines.append(f"| {r['preset']} | {r['threads']} | {'×'.join(map(str, r['patch']))} × {r['batch']} | "
+                     f"{r['seconds_per_step']:.3f} | {1 / r['seconds_per_step']:.2f} | {r['voxels_per_second'] / 1e3:.0f} k | "
+                     f"{base / r['seconds_per_step']:.2f}× |")
     write_section("train-speed", "\n".join(lines))
 
 

@@ -1,17 +1,16 @@
 """Make docs/screenshot.png: napari with the Sparse U-Net widget docked, after a real
 short training on the generated sample and a whole-volume prediction.
 
-Run it under a virtual display big enough for the window (Xvfb + Mesa):
+Run it from the repository root under a virtual display big enough for the window
+(Xvfb + Mesa):
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshot.py --seconds 120
+    xvfb-run -a -s "-screen 0 1600x1400x24" python scripts/screenshot.py
 
-Prints what it did (steps, timings) so the figure can be reproduced.  The committed
-docs/screenshot.png came from
-
-    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshot.py \
-        --seconds 1500 --base-channels 8 --patch 16,64,64 --preview 30
-
-on a shared 2-core CPU (220 steps in 1500 s; loss 1.26), showing unpainted slice z = 21.
+It loads the sample (image and four painted slices), trains for ``--seconds`` with the
+default preset while the loss and Dice curves fill, predicts the whole volume, shows an
+unpainted slice with the prediction over the image, and prints what it did (steps,
+timings) so the picture can be reproduced.  The committed picture came from that command
+under ``nice -n 19`` on a shared 2-core CPU: 155 steps in 300 s, unpainted slice z = 21.
 """
 
 from __future__ import annotations
@@ -37,12 +36,16 @@ def _wait(app, condition, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def _status(widget) -> str:
+    return widget.progress.status_label.text()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "screenshot.png")
-    parser.add_argument("--seconds", type=int, default=120, help="training time limit")
+    parser.add_argument("--seconds", type=int, default=300, help="training time limit")
     parser.add_argument("--slice", type=int, default=None, help="Z slice to show (default: an unpainted one)")
-    parser.add_argument("--size", type=int, nargs=2, default=(1560, 940), metavar=("W", "H"))
+    parser.add_argument("--size", type=int, nargs=2, default=(1560, 1300), metavar=("W", "H"))
     parser.add_argument("--base-channels", type=int, default=None, help="override the preset's network width")
     parser.add_argument("--patch", default=None, help="override the preset's patch, e.g. 16,64,64")
     parser.add_argument("--preview", type=float, default=5.0, help="seconds between live previews (0: off)")
@@ -69,24 +72,25 @@ def main() -> None:
     viewer.window.add_dock_widget(widget, name="Sparse U-Net", area="right")
     _wait(app, lambda: widget.devices is not None, 60)
 
-    widget.time_spin.setValue(args.seconds)
+    training = widget.training  # the Training panel's fields
+    training.time_spin.setValue(args.seconds)
     if args.base_channels:
-        widget.channels_spin.setValue(args.base_channels)
+        training.channels_spin.setValue(args.base_channels)
     if args.patch:
-        widget.patch_edit.setText(args.patch)
-    widget.preview_spin.setValue(args.preview)
+        training.patch_edit.setText(args.patch)
+    training.preview_spin.setValue(args.preview)
     start = time.perf_counter()
     if not widget.train():
-        raise SystemExit("training was refused: " + widget.status_label.text())
+        raise SystemExit("training was refused: " + _status(widget))
     _wait(app, lambda: not widget.busy, args.seconds + 300)
-    print(f"trained: {widget.status_label.text()} ({time.perf_counter() - start:.0f} s, {widget.loss_label.text()})")
+    print(f"trained: {_status(widget)} ({time.perf_counter() - start:.0f} s, {widget.progress.loss_label.text()})")
     if widget.model is None:
         raise SystemExit("no model")
 
     start = time.perf_counter()
     widget.predict()
     _wait(app, lambda: not widget.busy, 600)
-    print(f"predicted: {widget.status_label.text()} ({time.perf_counter() - start:.0f} s)")
+    print(f"predicted: {_status(widget)} ({time.perf_counter() - start:.0f} s)")
 
     # Show an unpainted slice: what the network filled in from the painted ones.
     annotation = viewer.layers["annotation"]
@@ -99,7 +103,6 @@ def main() -> None:
     prediction.opacity = 0.55
     prediction.contour = 0
     viewer.layers.selection.active = annotation
-    widget.set_image_layer(viewer.layers["sample image"])
     widget.update_stats()
     viewer.reset_view()
     _wait(app, lambda: True, 1)

@@ -20,7 +20,7 @@ from napari_sparse_unet.core.model import build_model
 from napari_sparse_unet.core.predict import predict
 from napari_sparse_unet.core.train import Trainer
 
-# The sample's defaults in small: a voxel head on the filter bank, the U-Net joining at half the steps.
+# The sample's defaults in small: a voxel head on the filter bank, the U-Net joining after at least half the steps.
 SMALL = TrainConfig(
     max_steps=60, batch_size=2, base_channels=4, depth=2, validation=False, voxel_warmup=0.5,
     patch_size=(8, 32, 32), voxel_batch=2048, seed=0, num_threads=1,
@@ -40,8 +40,10 @@ def test_the_untrained_unet_leaves_the_voxel_heads_probabilities_alone():
 
 def test_the_curve_does_not_jump_when_the_unet_joins(tiny_sample):
     image, _, annotation = tiny_sample
-    events = list(_events(Trainer([image], [annotation], SMALL).run()))
-    join = int(SMALL.voxel_warmup * SMALL.max_steps)  # steps counted from 1; by steps, progress = step / max_steps
+    trainer = Trainer([image], [annotation], SMALL)
+    events = list(_events(trainer.run()))
+    join = trainer.unet_joined_at
+    assert join is not None and 10 <= join <= len(events) - 10, join
     before, after = events[join - 10 : join], events[join : join + 10]
     loss_before = np.mean([e.loss for e in before])
     loss_after = np.mean([e.loss for e in after])

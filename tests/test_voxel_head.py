@@ -108,3 +108,21 @@ def test_bfloat16_features_are_looked_up_by_their_bits_with_the_float32_numbers(
         looked_up = head(maps)
         expected = head(maps.float())
     assert torch.allclose(looked_up, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_a_copy_of_a_head_finds_its_table_and_a_changed_head_gets_a_new_one() -> None:
+    # Prediction runs on a copy of the model: the table (and its bfloat16 lookup, the costly part)
+    # is keyed by the weights, so a copy reuses it and a trained step never reads a stale one.
+    import copy
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(500, 3)).astype(np.float32)
+    head = VoxelHead(features=3, hidden=8, classes=2, bins=4)
+    head.fit_bins(rows, rng.integers(0, 2, 500))
+    table = head._cached_knot_table()
+    assert copy.deepcopy(head)._cached_knot_table() is table
+    with torch.no_grad():
+        head.mlp[0].weight[0, 0] += 1.0
+    changed = head._cached_knot_table()
+    assert changed is not table
+    assert not torch.equal(changed.start, table.start)

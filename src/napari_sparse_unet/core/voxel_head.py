@@ -16,6 +16,7 @@ channel-major as :class:`~.filters.FilterBank` gives them; maps are (N, F, *spat
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -29,6 +30,10 @@ from .filters import FilterBank, filter_slab
 
 # Voxels classified at a time in prediction: their table indices and weights are (4 + 8)·F bytes each.
 CHUNK_ROWS = 1 << 14
+# Knot tables of recently used heads, by a digest of their weights; with its bfloat16 lookup
+# a table holds 8 bytes for each of 65536 values per feature (17 MB for 33 features).
+KNOT_TABLES_KEPT = 2
+_KNOT_TABLES: dict[str, "KnotTable"] = {}
 
 
 class VoxelHead(nn.Module):
@@ -83,14 +88,20 @@ class VoxelHead(nn.Module):
         return logits.reshape(n, *spatial, -1).movedim(-1, 1)
 
     def _cached_knot_table(self) -> "KnotTable":
-        """:meth:`knot_table`, rebuilt only when a weight or bin edge changed since the last call."""
-        state = (self.lower, self.width, self.mlp[0].weight, self.mlp[0].bias)
-        key = tuple((t.data_ptr(), t._version) for t in state)
-        cached = getattr(self, "_table_cache", None)
-        if cached is None or cached[0] != key:
-            cached = (key, self.knot_table())
-            self._table_cache = cached
-        return cached[1]
+        """:meth:`knot_table`, rebuilt only when a weight or bin edge changed.
+
+        Keyed by content, not identity: prediction works on a copy of the model, and a
+        copy of an unchanged head finds the table (and its bfloat16 lookup) built before.
+        """
+        key = hashlib.sha1(str(self.lower.device).encode())
+        for t in (self.lower, self.width, self.mlp[0].weight, self.mlp[0].bias):
+            key.update(t.detach().float().cpu().numpy().tobytes())
+        digest = key.hexdigest()
+        table = _KNOT_TABLES.pop(digest, None) or self.knot_table()
+        _KNOT_TABLES[digest] = table  # most recently used last
+        while len(_KNOT_TABLES) > KNOT_TABLES_KEPT:
+            _KNOT_TABLES.pop(next(iter(_KNOT_TABLES)))
+        return table
 
     def knot_table(self) -> "KnotTable":
         """The first layer as a piecewise-linear function of each feature, tabulated per segment.
