@@ -1,11 +1,11 @@
-"""The voxel head: piecewise-linear encoding with bin edges from the painted voxels (each class weighing the same), swap noise."""
+"""The voxel head: piecewise-linear encoding with bin edges from the painted voxels (each class weighing the same), its knot table."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from napari_sparse_unet.core.voxel_head import VoxelHead, balanced_quantiles, swap_noise
+from napari_sparse_unet.core.voxel_head import VoxelHead, balanced_quantiles
 
 
 def test_balanced_quantiles_give_a_rare_class_its_share_of_the_cuts() -> None:
@@ -53,17 +53,6 @@ def test_the_model_output_is_the_product_of_its_two_experts() -> None:
     assert not torch.allclose(combined, torch.log_softmax(unet, 1), atol=1e-3)  # the head counts
     network.train()
     assert network.experts(features)[1] is None  # training: each expert on its own loss
-
-
-def test_swap_noise_replaces_a_share_of_values_by_the_same_feature_of_other_rows() -> None:
-    # Feature j of every row holds values from its own disjoint range, so a swapped value must stay in its column's.
-    rows = torch.arange(4000, dtype=torch.float32).reshape(1000, 4) % 4 * 10_000 + torch.arange(1000)[:, None]
-    generator = torch.Generator().manual_seed(0)
-    noisy = swap_noise(rows, 0.2, generator)
-    changed = noisy != rows
-    assert 0.15 < changed.float().mean() < 0.25
-    assert torch.equal(noisy // 10_000, rows // 10_000)  # every value still from its own feature
-    assert torch.equal(swap_noise(rows, 0.0, generator), rows)
 
 
 def test_inference_reads_the_first_layer_from_its_knot_table_with_the_encodings_numbers() -> None:

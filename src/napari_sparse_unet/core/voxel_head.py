@@ -289,20 +289,6 @@ def _segment_grid(knots: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def swap_noise(rows: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
-    """Rows (M, F) with each value replaced, with ``probability``, by the same feature of another row.
-
-    "Swap noise" (tabular denoising autoencoders): a replaced value is still a
-    plausible value of its feature, unlike a zero or Gaussian noise, so the model
-    learns not to rest on any one feature.  Random numbers come from ``generator`` (CPU).
-    """
-    if probability <= 0:
-        return rows
-    donors = rows[torch.randperm(rows.shape[0], generator=generator).to(rows.device)]
-    replaced = (torch.rand(rows.shape, generator=generator) < probability).to(rows.device)
-    return torch.where(replaced, donors, rows)
-
-
 def balanced_quantiles(values: np.ndarray, classes: np.ndarray, levels: np.ndarray, max_rows: int = 1 << 18) -> np.ndarray:
     """(len(levels), F) quantiles of the rows (M, F) where every class's rows weigh the same in total.
 
