@@ -145,7 +145,35 @@ def make_sample_volume(
     truth = np.zeros(shape, np.uint8)
     texture = _smooth_noise(rng, shape, tuple(1.5 / s for s in sp))
 
-    # Nuclei: randomly oriented ellipsoids; texture makes them mottled, not flat.
+    nucleus = _draw_nuclei(rng, signal, truth, texture, extent, sp, scale)
+    _draw_filaments(rng, signal, truth, extent, sp, scale)
+    _draw_vesicles(rng, signal, truth, nucleus, extent, sp, scale)
+
+    # Cytoplasm: smooth background whose brighter parts reach the dimmer objects.
+    cytoplasm = _smooth_noise(rng, shape, tuple(6.0 / s for s in sp))
+    signal = np.maximum(signal, 0.05 + 0.3 * cytoplasm * cytoplasm)
+
+    # Optics and camera: PSF blur (wider along Z), then shot noise and read noise.
+    signal = _gaussian_blur(signal, tuple(float(s) for s in np.array([1.2, 0.6, 0.6]) / sp))
+    photons = rng.poisson(80.0 + 600.0 * signal).astype(np.float32)
+    photons += rng.normal(0.0, 6.0, shape).astype(np.float32)
+    image = np.clip(np.round(photons), 0, 65535).astype(np.uint16)
+
+    annotation = np.zeros(shape, np.uint8)
+    for z in painted_slice_indices(shape[0], n_slices):
+        annotation[z] = truth[z] + 1
+    return SampleVolume(image, truth, annotation)
+
+
+def _draw_nuclei(
+    rng: np.random.Generator, signal: np.ndarray, truth: np.ndarray, texture: np.ndarray,
+    extent: np.ndarray, sp: np.ndarray, scale: float,
+) -> np.ndarray:
+    """Nuclei, randomly oriented ellipsoids mottled by ``texture``, into ``signal`` and ``truth`` (class 1); returns their mask.
+
+    Arrays are (Z, Y, X); ``extent`` and ``sp`` (spacing) are in um per axis.
+    """
+    shape = signal.shape
     nucleus = np.zeros(shape, bool)
     for _ in range(_count(_N_NUCLEI, scale, 2)):
         centre = rng.uniform(0.1, 0.9, 3).astype(np.float32) * extent
@@ -163,8 +191,14 @@ def make_sample_volume(
         sub[inside] = brightness * (0.65 + 0.7 * texture[region][inside])
         truth[region][inside] = 1
         nucleus[region] |= inside
+    return nucleus
 
-    # Filaments: smooth random curves of small balls, as bright as nuclei, drawn over them.
+
+def _draw_filaments(
+    rng: np.random.Generator, signal: np.ndarray, truth: np.ndarray, extent: np.ndarray, sp: np.ndarray, scale: float
+) -> None:
+    """Filaments, smooth random curves of small balls as bright as nuclei, drawn over them (class 3)."""
+    shape = signal.shape
     for _ in range(_count(_N_FILAMENTS, scale, 2)):
         start = rng.uniform(0.0, 1.0, 3).astype(np.float32) * extent
         direction = rng.standard_normal(3).astype(np.float32)
@@ -185,7 +219,13 @@ def make_sample_volume(
             sub[inside] = brightness
             truth[region][inside] = 3
 
-    # Vesicles: small dots outside nuclei, spread from dim to brighter than anything else.
+
+def _draw_vesicles(
+    rng: np.random.Generator, signal: np.ndarray, truth: np.ndarray, nucleus: np.ndarray,
+    extent: np.ndarray, sp: np.ndarray, scale: float,
+) -> None:
+    """Vesicles, small dots outside ``nucleus`` from dim to brighter than anything else (class 2)."""
+    shape = signal.shape
     placed, tries = 0, 0
     n_vesicles = _count(_N_VESICLES, scale, 4)
     while placed < n_vesicles and tries < 20 * n_vesicles:
@@ -206,21 +246,6 @@ def make_sample_volume(
         sub[inside] = rng.uniform(0.5, 1.0)
         truth[region][inside] = 2
         placed += 1
-
-    # Cytoplasm: smooth background whose brighter parts reach the dimmer objects.
-    cytoplasm = _smooth_noise(rng, shape, tuple(6.0 / s for s in sp))
-    signal = np.maximum(signal, 0.05 + 0.3 * cytoplasm * cytoplasm)
-
-    # Optics and camera: PSF blur (wider along Z), then shot noise and read noise.
-    signal = _gaussian_blur(signal, tuple(float(s) for s in np.array([1.2, 0.6, 0.6]) / sp))
-    photons = rng.poisson(80.0 + 600.0 * signal).astype(np.float32)
-    photons += rng.normal(0.0, 6.0, shape).astype(np.float32)
-    image = np.clip(np.round(photons), 0, 65535).astype(np.uint16)
-
-    annotation = np.zeros(shape, np.uint8)
-    for z in painted_slice_indices(shape[0], n_slices):
-        annotation[z] = truth[z] + 1
-    return SampleVolume(image, truth, annotation)
 
 
 def make_sample_data() -> list[tuple[Any, dict[str, Any], str]]:

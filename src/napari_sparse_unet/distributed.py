@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .core.blocks import Block, block_grid, choose_block_shape, grid_shape
+from .core.blocks import DEFAULT_MAX_BLOCK_VOXELS, Block, block_grid, choose_block_shape, grid_shape
+from .core.errors import InputError
 from .io.zarr_files import create_block_output, mark_finished, open_zarr_input, output_chunks
 
 try:
@@ -269,9 +270,6 @@ def predict_zarr(
             (default: chosen to read the fewest voxels, see :func:`.core.blocks.choose_block_shape`).
         max_block_voxels: bound on the chosen block's voxels.
     """
-    from .core.blocks import DEFAULT_MAX_BLOCK_VOXELS
-    from .core.data import InputError
-
     started = time.perf_counter()
     source = open_zarr_input(image)
     array = source.array
@@ -280,18 +278,8 @@ def predict_zarr(
         raise InputError(f"image of shape {tuple(array.shape)} is neither {dims}-D nor channel-first {dims + 1}-D")
     spatial = tuple(int(s) for s in array.shape[-dims:])
     block_predictor = block_predictor.for_volume(spatial)
-    chunks = output_chunks(array, spatial)
     workers = len(client.nthreads()) if client is not None else 1
-    if block_shape is None:
-        block_shape = choose_block_shape(
-            spatial, chunks, block_predictor.halo, max_block_voxels or DEFAULT_MAX_BLOCK_VOXELS, min_blocks=workers,
-            work=block_predictor.work,
-        )
-    block_shape = tuple(int(b) for b in block_shape)
-    if len(block_shape) != dims or any(b < 1 for b in block_shape):
-        raise InputError(f"block size {block_shape} must have {dims} positive values")
-    # Blocks are whole chunks: shrink the chunks to divide the blocks where they do not.
-    chunks = tuple(int(np.gcd(c, b)) if b < s else c for c, b, s in zip(chunks, block_shape, spatial))
+    block_shape, chunks = _block_layout(block_predictor, spatial, output_chunks(array, spatial), block_shape, max_block_voxels, workers)
     blocks = block_grid(spatial, block_shape, block_predictor.halo)
     plan = {
         "shape": spatial,
@@ -324,6 +312,27 @@ def predict_zarr(
         results=tuple(results),
         seconds=time.perf_counter() - started,
     )
+
+
+def _block_layout(
+    block_predictor: Any,
+    spatial: tuple[int, ...],
+    chunks: tuple[int, ...],
+    block_shape: Sequence[int] | None,
+    max_block_voxels: int | None,
+    workers: int,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(block shape, output chunks): the blocks given or chosen, the chunks shrunk to divide them."""
+    if block_shape is None:
+        block_shape = choose_block_shape(
+            spatial, chunks, block_predictor.halo, max_block_voxels or DEFAULT_MAX_BLOCK_VOXELS, min_blocks=workers,
+            work=block_predictor.work,
+        )
+    block_shape = tuple(int(b) for b in block_shape)
+    if len(block_shape) != len(spatial) or any(b < 1 for b in block_shape):
+        raise InputError(f"block size {block_shape} must have {len(spatial)} positive values")
+    # Blocks are whole chunks: shrink the chunks to divide the blocks where they do not.
+    return block_shape, tuple(int(np.gcd(c, b)) if b < s else c for c, b, s in zip(chunks, block_shape, spatial))
 
 
 @contextlib.contextmanager

@@ -152,14 +152,7 @@ def build_description(
     files["README.md"].write_text(_readme(model, name, rules, class_names), encoding="utf-8")
     _cover(files["cover.png"], test_in, test_out)
 
-    dims = AXES[-model.spatial_dims :]
-    spacing = model.spacing or (1.0,) * model.spatial_dims
-    in_axes: list[Any] = [spec.BatchAxis(), spec.ChannelAxis(channel_names=[f"channel{c}" for c in range(model.in_channels)])]
-    out_axes: list[Any] = [spec.BatchAxis(), spec.ChannelAxis(channel_names=class_names)]
-    for axis, lo, step, halo, scale in zip(dims, rules.minimum, rules.step, rules.halo, spacing):
-        in_axes.append(spec.SpaceInputAxis(id=spec.AxisId(axis), size=spec.ParameterizedSize(min=lo, step=step), scale=scale))
-        size = spec.SizeReference(tensor_id=spec.TensorId(INPUT_ID), axis_id=spec.AxisId(axis))
-        out_axes.append(spec.SpaceOutputAxisWithHalo(id=spec.AxisId(axis), size=size, halo=halo, scale=scale))
+    in_axes, out_axes = _axes(spec, model, rules, class_names)
     try:
         return spec.ModelDescr(
             name=name,
@@ -205,6 +198,19 @@ def build_description(
         )
     except ValueError as error:  # pydantic's ValidationError: it names the fields
         raise InputError(f"the bioimage.io description is not valid: {_pydantic_problems(error)}") from None
+
+
+def _axes(spec: Any, model: SegmentationModel, rules: Any, class_names: list[str]) -> tuple[list[Any], list[Any]]:
+    """The input's and output's axes: batch, channel, then the spatial axes with the tile rules and spacing."""
+    dims = AXES[-model.spatial_dims :]
+    spacing = model.spacing or (1.0,) * model.spatial_dims
+    in_axes: list[Any] = [spec.BatchAxis(), spec.ChannelAxis(channel_names=[f"channel{c}" for c in range(model.in_channels)])]
+    out_axes: list[Any] = [spec.BatchAxis(), spec.ChannelAxis(channel_names=class_names)]
+    for axis, lo, step, halo, scale in zip(dims, rules.minimum, rules.step, rules.halo, spacing):
+        in_axes.append(spec.SpaceInputAxis(id=spec.AxisId(axis), size=spec.ParameterizedSize(min=lo, step=step), scale=scale))
+        size = spec.SizeReference(tensor_id=spec.TensorId(INPUT_ID), axis_id=spec.AxisId(axis))
+        out_axes.append(spec.SpaceOutputAxisWithHalo(id=spec.AxisId(axis), size=size, halo=halo, scale=scale))
+    return in_axes, out_axes
 
 
 def validate_package(path: str | os.PathLike[str]) -> Any:

@@ -229,10 +229,10 @@ class Trainer:
         try:
             while True:
                 elapsed = time.perf_counter() - start
-                progress = self._progress(step, elapsed)
+                progress = _progress(config, step, elapsed)
                 if progress >= 1.0:
                     break
-                lr = self._learning_rate(step, progress)
+                lr = _learning_rate(config, step, progress)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group["lr_scale"]
                 if version != self.data.version:  # annotations changed (update_annotations): train on them from now on
@@ -267,7 +267,7 @@ class Trainer:
                 val_dice = self._score_and_keep(network) if step % config.validate_every == 0 else None
                 yield TrainEvent(
                     step=step, max_steps=config.max_steps, loss=shown_loss, learning_rate=lr, elapsed=elapsed,
-                    progress=min(1.0, self._progress(step, elapsed)), val_dice=val_dice, fit_dice=fit_counts.mean_foreground(),
+                    progress=min(1.0, _progress(config, step, elapsed)), val_dice=val_dice, fit_dice=fit_counts.mean_foreground(),
                 )
             finished = True
             if config.recalibrate_norm:
@@ -308,17 +308,19 @@ class Trainer:
         network.to("cpu").eval()
         self._network = network
 
-    def _progress(self, step: int, elapsed: float) -> float:
-        by_steps = step / self.config.max_steps
-        by_time = elapsed / self.config.max_time if self.config.max_time else 0.0
-        return max(by_steps, by_time)
+def _progress(config: TrainConfig, step: int, elapsed: float) -> float:
+    """Share of the budget spent: steps or seconds, whichever runs out first."""
+    by_steps = step / config.max_steps
+    by_time = elapsed / config.max_time if config.max_time else 0.0
+    return max(by_steps, by_time)
 
-    def _learning_rate(self, step: int, progress: float) -> float:
-        """Linear warm-up, then polynomial decay over the step/time budget (nnU-Net's poly schedule)."""
-        base = self.config.learning_rate
-        if step < self.config.warmup_steps:
-            return base * (step + 1) / (self.config.warmup_steps + 1)
-        return base * max(1.0 - progress, 0.02) ** 0.9
+
+def _learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up, then polynomial decay over the step/time budget (nnU-Net's poly schedule)."""
+    base = config.learning_rate
+    if step < config.warmup_steps:
+        return base * (step + 1) / (config.warmup_steps + 1)
+    return base * max(1.0 - progress, 0.02) ** 0.9
 
 
 def train(

@@ -2,6 +2,7 @@
 
 - :mod:`.volumes`: read and write TIFF, .npy, NIfTI, zarr, DICOM series and ``.mat``
   volumes with their spacing; every write is atomic.
+- :mod:`.output`: an array that streams a prediction to a volume file (:func:`create_output`).
 - :mod:`.zarr_files`: zarr / OME-Zarr input and the resumable block-wise outputs of
   ``predict --workers``.
 - :mod:`.formats`: DICOM, NIfTI and MATLAB files and their display-axes orientation.
@@ -11,11 +12,11 @@ when a file of that format is used.
 """
 
 from ..core.errors import VolumeIOError
+from .output import create_output
 from .volumes import (
     MEDICAL,
     READ_ONLY,
     SUFFIXES,
-    create_output,
     read_volume,
     read_volume_with_spacing,
     read_volumes,

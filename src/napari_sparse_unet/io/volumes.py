@@ -330,7 +330,7 @@ def write_volume(
     if not hasattr(array, "dtype") or not hasattr(array, "shape"):
         array = np.asarray(array)
     if fmt == "zarr":
-        with create_output(path, array.shape, array.dtype, spacing=spacing) as out:
+        with zarr_output(path, array.shape, array.dtype, spacing) as out:
             step = max(1, out.chunks[0])  # copy chunk by chunk: ``array`` may be larger than memory
             for start in range(0, max(out.shape[0], 1), step):
                 out[start : start + step] = np.asarray(array[start : start + step])
@@ -365,7 +365,24 @@ def _write_tiff(path: Path, array: np.ndarray, spacing: tuple[float, ...] | None
     tifffile.imwrite(path, array, metadata=metadata or {}, **kwargs)
 
 
-# --------------------------------------------------------------------------- streaming output
+@contextlib.contextmanager
+def zarr_output(path: Path, shape: Sequence[int], dtype: Any, spacing: Sequence[float] | None) -> Iterator[Any]:
+    """Yield a zarr array chunked along Z, in a folder beside ``path`` that replaces it when the block ends."""
+    zarr = _import_optional("zarr", "zarr")
+    shape = tuple(int(s) for s in shape)
+    dtype = np.dtype(dtype)
+    temp = temporary_path_beside(path, directory=True)
+    try:
+        out = zarr.open_array(
+            store=str(temp), mode="w", shape=shape, dtype=dtype, chunks=_z_chunks(shape, dtype.itemsize), fill_value=0
+        )
+        if spacing is not None:
+            out.attrs["spacing"] = list(spacing)
+        yield out
+        _replace_dir(temp, path)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _z_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -379,51 +396,3 @@ def _z_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     plane = int(np.prod([c for i, c in enumerate(chunk) if i != spatial0])) * itemsize
     chunk[spatial0] = int(max(1, min(shape[spatial0], (8 << 20) // max(plane, 1))))
     return tuple(max(1, c) for c in chunk)
-
-
-@contextlib.contextmanager
-def create_output(
-    path: PathLike,
-    shape: Sequence[int],
-    dtype: Any,
-    *,
-    like: PathLike | None = None,
-    spacing: Sequence[float] | None = None,
-) -> Iterator[Any]:
-    """Yield a writable array of ``shape`` that becomes the file ``path`` when the block ends.
-
-    zarr targets get a zarr array chunked along Z and .npy targets a memory map, so a
-    prediction written slab by slab streams to disk; TIFF and NIfTI are held in memory
-    and written at the end.  Nothing appears at ``path`` unless the block succeeds.
-    """
-    path = Path(path)
-    fmt = volume_format(path)
-    _check_writable_target(path)
-    shape = tuple(int(s) for s in shape)
-    dtype = np.dtype(dtype)
-    if fmt == "zarr":
-        zarr = _import_optional("zarr", "zarr")
-        spacing, _ = _resolve_geometry(like, spacing)
-        temp = temporary_path_beside(path, directory=True)
-        try:
-            out = zarr.open_array(
-                store=str(temp), mode="w", shape=shape, dtype=dtype, chunks=_z_chunks(shape, dtype.itemsize), fill_value=0
-            )
-            if spacing is not None:
-                out.attrs["spacing"] = list(spacing)
-            yield out
-            _replace_dir(temp, path)
-        finally:
-            if temp.exists():
-                shutil.rmtree(temp, ignore_errors=True)
-    elif fmt == "npy":
-        with atomic_file(path) as temp:
-            out = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=shape)
-            yield out
-            out.flush()
-            del out
-    else:
-        out = np.zeros(shape, dtype)
-        yield out
-        write_volume(path, out, like=like, spacing=spacing)
-
