@@ -39,14 +39,14 @@ def main(argv=None) -> int:
 
     import torch
     from bioimageio.core import load_model_description
-    from bioimageio.core import predict as consumer_predict
+    from bioimageio.core.prediction import predict as consumer_predict
 
     from napari_sparse_unet._sample_data import CLASS_NAMES, SPACING, make_sample_volume
     from napari_sparse_unet.bioimageio.export import export_model, run_consumer_test
     from napari_sparse_unet.core.config import PRESETS, PredictConfig
     from napari_sparse_unet.core.metrics import dice_per_class, mean_dice
-    from napari_sparse_unet.core.predict import predict
-    from napari_sparse_unet.core.train import train
+    from napari_sparse_unet.core.prediction.predict import predict
+    from napari_sparse_unet.core.training.train import train
 
     torch.set_num_threads(args.threads)
     image, truth, annotation = make_sample_volume(shape=tuple(args.shape), seed=0)

@@ -28,7 +28,7 @@ def main() -> None:
 
     app = QApplication([])
     from napari_sparse_unet._qt.curves_plot import REDRAW_MS, CurvesPlot
-    from napari_sparse_unet.core.curves import TrainingCurves
+    from napari_sparse_unet.core.training.curves import TrainingCurves
 
     curves = TrainingCurves()
     start = time.perf_counter()

@@ -5,7 +5,7 @@ wants cells paints the boundary as background (1) and the interiors as a class
 (2), so the annotation here is: 0 = not painted, on the k protocol slices
 1 = boundary, 2 = interior.  The model is trained with a step budget at 1
 thread (so the figures do not depend on machine load), predicts the volume with
-class probabilities, and :func:`~napari_sparse_unet.core.instances.segment_instances`
+class probabilities, and :func:`~napari_sparse_unet.core.analysis.instances.segment_instances`
 makes instances of class 2 with each method.
 
 Score: ground-truth cells (``labels_instances.tif``) fill the volume, boundary
@@ -81,9 +81,9 @@ def run(seed: int, k: int, steps: int, min_size: int) -> list[dict]:
     import torch
 
     from napari_sparse_unet.core.config import PredictConfig, TrainConfig
-    from napari_sparse_unet.core.instances import InstanceConfig, segment_instances
-    from napari_sparse_unet.core.predict import predict
-    from napari_sparse_unet.core.train import train
+    from napari_sparse_unet.core.analysis.instances import InstanceConfig, segment_instances
+    from napari_sparse_unet.core.prediction.predict import predict
+    from napari_sparse_unet.core.training.train import train
     from skimage.segmentation import expand_labels
 
     torch.set_num_threads(1)

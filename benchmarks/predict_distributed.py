@@ -73,7 +73,7 @@ def train_model(path: Path, steps: int) -> dict:
 
     from napari_sparse_unet._sample_data import SPACING, make_sample_volume
     from napari_sparse_unet.core.config import TrainConfig
-    from napari_sparse_unet.core.train import Trainer
+    from napari_sparse_unet.core.training.train import Trainer
 
     torch.set_num_threads(os.cpu_count() or 1)
     sample = make_sample_volume(shape=(64, 256, 256), seed=0)
@@ -98,7 +98,7 @@ def child_single(model_path: str, image: str, out: str, threads: int) -> dict:
 
     from napari_sparse_unet.core.checkpoint import SegmentationModel
     from napari_sparse_unet.core.config import PredictConfig
-    from napari_sparse_unet.core.predict import plan_prediction, predict
+    from napari_sparse_unet.core.prediction.predict import plan_prediction, predict
 
     torch.set_num_threads(threads)
     model = SegmentationModel.load(model_path)
@@ -112,7 +112,7 @@ def child_single(model_path: str, image: str, out: str, threads: int) -> dict:
 
 
 def child_workers(model_path: str, image: str, out: str, workers: int, threads: int) -> dict:
-    from napari_sparse_unet.core.blockwise import BlockPredictor
+    from napari_sparse_unet.core.prediction.blockwise import BlockPredictor
     from napari_sparse_unet.core.checkpoint import SegmentationModel
     from napari_sparse_unet.core.config import PredictConfig
     from napari_sparse_unet.distributed import local_client, predict_zarr
@@ -147,7 +147,7 @@ def child_workers(model_path: str, image: str, out: str, workers: int, threads: 
 
 
 def _warm() -> None:
-    import napari_sparse_unet.core.predict  # noqa: F401 - torch and the package, imported once per worker
+    import napari_sparse_unet.core.prediction.predict  # noqa: F401 - torch and the package, imported once per worker
 
 
 def _empty(i: int) -> int:

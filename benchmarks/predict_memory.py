@@ -39,8 +39,8 @@ def child(depth: int, budget: int, threads: int) -> None:
     from napari_sparse_unet.core.checkpoint import SegmentationModel
     from napari_sparse_unet.core.config import ModelConfig, PredictConfig, TrainConfig
     from napari_sparse_unet.core.data import Normalization
-    from napari_sparse_unet.core.model import build_model
-    from napari_sparse_unet.core.predict import plan_prediction, predict
+    from napari_sparse_unet.core.network.model import build_model
+    from napari_sparse_unet.core.prediction.predict import plan_prediction, predict
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

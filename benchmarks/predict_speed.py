@@ -106,8 +106,8 @@ def stage_profile(model_path: Path, image_path: Path, threads: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from napari_sparse_unet.api import PredictConfig, SegmentationModel
-    from napari_sparse_unet.core import predict, row_features
-    from napari_sparse_unet.core import sliding_window as engine
+    from napari_sparse_unet.core.prediction import predict, row_features
+    from napari_sparse_unet.core.prediction import sliding_window as engine
 
     torch.set_num_threads(threads)
     model = SegmentationModel.load(model_path)

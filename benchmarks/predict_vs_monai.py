@@ -63,7 +63,7 @@ def load_volume(name: str) -> tuple[np.ndarray, str]:
 def build(weights_path: Path | None = None):
     import torch
 
-    from napari_sparse_unet.core.model import build_model
+    from napari_sparse_unet.core.network.model import build_model
 
     torch.manual_seed(SEED)
     network = build_model(model_config()).eval()
@@ -131,8 +131,8 @@ def main() -> None:
     from napari_sparse_unet.core.config import PredictConfig, TrainConfig
     from napari_sparse_unet.core.data import fit_normalization
     from napari_sparse_unet.core.device import cpu_has_fast_bf16
-    from napari_sparse_unet.core.predict import plan_prediction, predict
-    from napari_sparse_unet.core.tiling import tile_grid
+    from napari_sparse_unet.core.prediction.predict import plan_prediction, predict
+    from napari_sparse_unet.core.prediction.tiling import tile_grid
 
     torch.set_num_threads(args.threads)
     if "bfloat16" in args.precisions and not cpu_has_fast_bf16():

@@ -109,8 +109,8 @@ def run_unet(train_image, annotation, predict_image, spacing, args, checkpoints=
     import torch
 
     from napari_sparse_unet.core.config import PRESETS, PredictConfig
-    from napari_sparse_unet.core.predict import predict
-    from napari_sparse_unet.core.train import Trainer
+    from napari_sparse_unet.core.prediction.predict import predict
+    from napari_sparse_unet.core.training.train import Trainer
 
     budget = float(args.budget if budget is None else budget)
     config = dataclasses.replace(PRESETS[args.preset], max_time=budget, seed=args.seed,

@@ -40,8 +40,8 @@ def main(argv=None) -> int:
     import torch
 
     from napari_sparse_unet.core.config import PRESETS, PredictConfig
-    from napari_sparse_unet.core.predict import predict
-    from napari_sparse_unet.core.train import Trainer
+    from napari_sparse_unet.core.prediction.predict import predict
+    from napari_sparse_unet.core.training.train import Trainer
 
     torch.set_num_threads(args.threads)
     rows = []

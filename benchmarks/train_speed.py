@@ -28,7 +28,7 @@ def child(preset: str, steps: int, threads: int) -> dict:
 
     from napari_sparse_unet._sample_data import make_sample_volume
     from napari_sparse_unet.core.config import PRESETS
-    from napari_sparse_unet.core.train import Trainer
+    from napari_sparse_unet.core.training.train import Trainer
 
     torch.set_num_threads(threads)
     image, _, annotation = make_sample_volume(seed=0)

@@ -5,7 +5,7 @@ protocol's plan), train with a step budget, predict with the per-voxel entropy,
 then add ONE more z slice painted from the ground truth:
 
 * (a) ``uncertain``: the unpainted slice with the highest mean entropy
-  (:func:`~napari_sparse_unet.core.uncertainty.rank_slices`);
+  (:func:`~napari_sparse_unet.core.analysis.uncertainty.rank_slices`);
 * (b) ``even``: the midpoint of the largest gap between the painted slices.
 
 Each is fine-tuned from the k = 3 model with the same step budget, and all are
@@ -63,8 +63,8 @@ def run(alias: str, seed: int, steps: int, k: int) -> dict:
     from napari_sparse_unet.core.config import PredictConfig, TrainConfig
     from napari_sparse_unet.core.generators import run_to_end
     from napari_sparse_unet.jobs import PredictJob
-    from napari_sparse_unet.core.train import train
-    from napari_sparse_unet.core.uncertainty import rank_slices
+    from napari_sparse_unet.core.training.train import train
+    from napari_sparse_unet.core.analysis.uncertainty import rank_slices
 
     torch.set_num_threads(1)
     folder, crop = VOLUMES[alias]

@@ -25,8 +25,8 @@ from napari_sparse_unet.cli import main  # noqa: E402
 from napari_sparse_unet.core.checkpoint import PACKAGE_CHECKPOINT, SegmentationModel  # noqa: E402
 from napari_sparse_unet.core.config import PredictConfig, TrainConfig  # noqa: E402
 from napari_sparse_unet.core.data import Normalization  # noqa: E402
-from napari_sparse_unet.core.predict import predict  # noqa: E402
-from napari_sparse_unet.core.train import train  # noqa: E402
+from napari_sparse_unet.core.prediction.predict import predict  # noqa: E402
+from napari_sparse_unet.core.training.train import train  # noqa: E402
 
 EXACT = PredictConfig(device="cpu", mixed_precision=False)
 
@@ -197,7 +197,7 @@ def test_widget_exports_the_loaded_model(make_napari_viewer, qtbot, trained, tmp
 def test_two_channel_2d_model_round_trip(tmp_path, offline):
     """An untrained 2-D, 2-channel model with a filter bank and equalisation: exported, validated, loaded back."""
     from napari_sparse_unet.core.config import ModelConfig
-    from napari_sparse_unet.core.model import build_model
+    from napari_sparse_unet.core.network.model import build_model
 
     torch.manual_seed(0)
     config = ModelConfig(2, 2, 3, ((2, 2),), base_channels=2, filter_sigmas=((1.0, 1.0),))

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from napari_sparse_unet.core.blocks import DEFAULT_MAX_BLOCK_VOXELS, block_grid, choose_block_shape, grid_shape, read_voxels
+from napari_sparse_unet.core.prediction.blocks import DEFAULT_MAX_BLOCK_VOXELS, block_grid, choose_block_shape, grid_shape, read_voxels
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from napari_sparse_unet.core.checkpoint import SegmentationModel, load_network
 from napari_sparse_unet.core.errors import CheckpointError
 from napari_sparse_unet.core.config import ModelConfig, TrainConfig
 from napari_sparse_unet.core.data import Normalization
-from napari_sparse_unet.core.model import build_model
+from napari_sparse_unet.core.network.model import build_model
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ import torch
 
 from napari_sparse_unet.core.checkpoint import SegmentationModel
 from napari_sparse_unet.core.config import TrainConfig
-from napari_sparse_unet.core.curves import COLUMNS, TrainingCurves
+from napari_sparse_unet.core.training.curves import COLUMNS, TrainingCurves
 from napari_sparse_unet.core.errors import ConfigError
 from napari_sparse_unet.core.generators import run_to_end
 from napari_sparse_unet.jobs import TrainJob
-from napari_sparse_unet.core.training_log import TrainingLog, write_curves
+from napari_sparse_unet.core.training.training_log import TrainingLog, write_curves
 
 TINY = TrainConfig(max_steps=2, patch_size=(8, 16, 16), base_channels=4, depth=2, validation=False, device="cpu",
                    num_threads=1)

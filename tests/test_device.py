@@ -15,9 +15,9 @@ from napari_sparse_unet.core.device import (
     preferred_memory_format,
     resolve_device,
 )
-from napari_sparse_unet.core.model import build_model
-from napari_sparse_unet.core.predictor import make_predictor
-from napari_sparse_unet.core.train import Trainer
+from napari_sparse_unet.core.network.model import build_model
+from napari_sparse_unet.core.prediction.predictor import make_predictor
+from napari_sparse_unet.core.training.train import Trainer
 
 CPU = torch.device("cpu")
 

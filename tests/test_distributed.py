@@ -18,11 +18,11 @@ pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 
 from napari_sparse_unet import io  # noqa: E402
-from napari_sparse_unet.core.blocks import block_grid  # noqa: E402
-from napari_sparse_unet.core.blockwise import BlockPredictor, predict_lazy  # noqa: E402
+from napari_sparse_unet.core.prediction.blocks import block_grid  # noqa: E402
+from napari_sparse_unet.core.prediction.blockwise import BlockPredictor, predict_lazy  # noqa: E402
 from napari_sparse_unet.core.config import PredictConfig  # noqa: E402
-from napari_sparse_unet.core.predict import predict  # noqa: E402
-from napari_sparse_unet.core.sliding_window import sliding_window_predict  # noqa: E402
+from napari_sparse_unet.core.prediction.predict import predict  # noqa: E402
+from napari_sparse_unet.core.prediction.sliding_window import sliding_window_predict  # noqa: E402
 from napari_sparse_unet.distributed import local_client, predict_zarr  # noqa: E402
 from napari_sparse_unet.io.zarr_files import partial_path, write_ome_image  # noqa: E402
 from test_predict import one_thread, tiny_model  # noqa: E402,F401 - one torch thread here too (autouse)

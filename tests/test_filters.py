@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_sparse_unet.core.config import ModelConfig
-from napari_sparse_unet.core.filters import FilterBank, features_per_scale, symmetric_eigenvalues
+from napari_sparse_unet.core.network.filters import FilterBank, features_per_scale, symmetric_eigenvalues
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -114,7 +114,7 @@ def test_checkpoint_settings_with_the_structure_tensor_switch_off_still_load() -
 
 @pytest.mark.parametrize("shape", [(7, 23, 30), (7, 9, 4)])  # the second: halos longer than the axes (mirrored again)
 def test_features_of_whole_planes_equal_those_of_the_planes_read_with_their_halo(shape) -> None:
-    from napari_sparse_unet.core.sampling import crop_with_padding
+    from napari_sparse_unet.core.training.sampling import crop_with_padding
 
     bank = FilterBank([(0.0, 1.0, 1.0), (1.0, 2.0, 2.0)], 3, hessian=True, context=[(2.0, 4.0, 4.0)])
     rng = np.random.default_rng(0)

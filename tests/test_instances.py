@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_sparse_unet.core.errors import ConfigError, InputError
-from napari_sparse_unet.core.instances import ClassProbabilityWriter, InstanceConfig, segment_instances
+from napari_sparse_unet.core.analysis.instances import ClassProbabilityWriter, InstanceConfig, segment_instances
 from napari_sparse_unet.core.rules import check_instance_class
 
 

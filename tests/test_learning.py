@@ -16,10 +16,10 @@ import torch
 from scipy import ndimage
 
 from napari_sparse_unet.core.config import PredictConfig, TrainConfig
-from napari_sparse_unet.core.predict import predict
-from napari_sparse_unet.core.sampling import crop_with_padding
+from napari_sparse_unet.core.prediction.predict import predict
+from napari_sparse_unet.core.training.sampling import crop_with_padding
 from napari_sparse_unet.core.metrics import dice_per_class, mean_dice
-from napari_sparse_unet.core.train import Trainer
+from napari_sparse_unet.core.training.train import Trainer
 
 SHAPE = (16, 48, 48)
 PAINTED_Z = (3, 8, 12)

@@ -16,9 +16,9 @@ from napari_sparse_unet.core.errors import InputError
 from napari_sparse_unet.core.generators import run_to_end
 from napari_sparse_unet.jobs import Corrections, TrainJob
 from napari_sparse_unet.core.metrics import dice_per_class, mean_dice
-from napari_sparse_unet.core.model import build_model
-from napari_sparse_unet.core.predict import predict
-from napari_sparse_unet.core.train import Trainer
+from napari_sparse_unet.core.network.model import build_model
+from napari_sparse_unet.core.prediction.predict import predict
+from napari_sparse_unet.core.training.train import Trainer
 
 # The sample's defaults in small: a voxel head on the filter bank, the U-Net joining after at least half the steps.
 SMALL = TrainConfig(

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sparse_unet.core.losses import (
+from napari_sparse_unet.core.training.losses import (
     masked_cross_entropy,
     masked_soft_dice,
     sparse_segmentation_loss,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from napari_sparse_unet.core.config import ConfigError, ModelConfig
-from napari_sparse_unet.core.model import build_model, choose_patch_size, plan_network
+from napari_sparse_unet.core.network.model import build_model, choose_patch_size, plan_network
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_folding_batch_norms_keeps_the_networks_function() -> None:
     import copy
 
     from napari_sparse_unet.core.config import ModelConfig
-    from napari_sparse_unet.core.model import build_model, fold_batch_norms
+    from napari_sparse_unet.core.network.model import build_model, fold_batch_norms
 
     config = ModelConfig(3, 1, 3, ((1, 2, 2), (2, 2, 2)), base_channels=4, conv_kernels=((1, 1, 1), (1, 3, 3), (3, 3, 3)),
                          filter_sigmas=((0.0, 1.0, 1.0),), voxel_head=8)

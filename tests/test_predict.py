@@ -7,18 +7,18 @@ import pytest
 import torch
 import zarr
 
-from napari_sparse_unet.core import predictor as predictor_module
-from napari_sparse_unet.core import row_features as row_features_module
-from napari_sparse_unet.core import sliding_window as sliding_window_module
+from napari_sparse_unet.core.prediction import predictor as predictor_module
+from napari_sparse_unet.core.prediction import row_features as row_features_module
+from napari_sparse_unet.core.prediction import sliding_window as sliding_window_module
 from napari_sparse_unet.core.checkpoint import SegmentationModel
 from napari_sparse_unet.core.config import ModelConfig, PredictConfig, TrainConfig
 from napari_sparse_unet.core.data import Normalization, label_lut
 from napari_sparse_unet.core.errors import InputError
-from napari_sparse_unet.core.model import build_model
-from napari_sparse_unet.core.predict import predict, predict_iter
-from napari_sparse_unet.core.predictor import make_predictor
-from napari_sparse_unet.core.sliding_window import PredictEvent, sliding_window_predict
-from napari_sparse_unet.core.tile_size import choose_tile_size, estimate_tile_bytes
+from napari_sparse_unet.core.network.model import build_model
+from napari_sparse_unet.core.prediction.predict import predict, predict_iter
+from napari_sparse_unet.core.prediction.predictor import make_predictor
+from napari_sparse_unet.core.prediction.sliding_window import PredictEvent, sliding_window_predict
+from napari_sparse_unet.core.prediction.tile_size import choose_tile_size, estimate_tile_bytes
 
 
 @pytest.fixture(autouse=True)

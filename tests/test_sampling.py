@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from napari_sparse_unet.core.sampling import PatchSampler, TrainingVolume, crop_with_padding
+from napari_sparse_unet.core.training.sampling import PatchSampler, TrainingVolume, crop_with_padding
 
 
 def _volume(shape=(20, 40, 40)):

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from napari_sparse_unet.core.tiling import (
+from napari_sparse_unet.core.prediction.tiling import (
     WINDOW_FLOOR,
     SlabStitcher,
     blending_window,

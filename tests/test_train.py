@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from napari_sparse_unet.core.config import PredictConfig, TrainConfig
-from napari_sparse_unet.core.predict import predict
+from napari_sparse_unet.core.prediction.predict import predict
 from napari_sparse_unet.core.errors import ConfigError, InputError
 from napari_sparse_unet.core.metrics import dice_per_class, mean_dice
-from napari_sparse_unet.core.train import Trainer, train
-from napari_sparse_unet.core.training_data import MIN_SLICES_FOR_VALIDATION
+from napari_sparse_unet.core.training.train import Trainer, train
+from napari_sparse_unet.core.training.training_data import MIN_SLICES_FOR_VALIDATION
 
 
 def dice_on_annotated(predicted, target, num_classes):

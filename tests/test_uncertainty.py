@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_sparse_unet.core.errors import ConfigError
-from napari_sparse_unet.core.uncertainty import (
+from napari_sparse_unet.core.analysis.uncertainty import (
     UncertaintyWriter,
     painted_slices,
     rank_slices,
@@ -64,7 +64,7 @@ def test_slab_hooks_see_the_blended_probabilities_of_every_row():
     import torch
 
     from napari_sparse_unet.core.generators import run_to_end
-    from napari_sparse_unet.core.sliding_window import sliding_window_predict
+    from napari_sparse_unet.core.prediction.sliding_window import sliding_window_predict
 
     image = np.random.default_rng(1).random((1, 20, 12, 10)).astype(np.float32)
 

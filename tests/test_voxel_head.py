@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_sparse_unet.core.voxel_head import VoxelHead, balanced_quantiles
+from napari_sparse_unet.core.network.voxel_head import VoxelHead, balanced_quantiles
 
 
 def test_balanced_quantiles_give_a_rare_class_its_share_of_the_cuts() -> None:
@@ -38,7 +38,7 @@ def test_fit_bins_with_classes_encodes_monotonically_within_the_range() -> None:
 
 def test_the_model_output_is_the_product_of_its_two_experts() -> None:
     from napari_sparse_unet.core.config import ModelConfig
-    from napari_sparse_unet.core.model import build_model
+    from napari_sparse_unet.core.network.model import build_model
 
     config = ModelConfig(3, 1, 3, ((1, 2, 2),), base_channels=4, filter_sigmas=((0.0, 1.0, 1.0),), voxel_head=8)
     network = build_model(config).eval()

@@ -1,8 +1,8 @@
-"""When the U-Net joins the voxel head (core.warmup)."""
+"""When the U-Net joins the voxel head (core.training.warmup)."""
 
 from __future__ import annotations
 
-from napari_sparse_unet.core.warmup import WINDOW, HeadWarmup
+from napari_sparse_unet.core.training.warmup import WINDOW, HeadWarmup
 
 
 def _steps(warmup: HeadWarmup, losses, budget_steps: int) -> int:

@@ -362,7 +362,7 @@ def test_a_lazy_image_gets_a_lazy_prediction_equal_to_the_eager_one(trained, qtb
 
     from napari_sparse_unet._layers import find_prediction_layer
     from napari_sparse_unet._qt import widget as widget_module
-    from napari_sparse_unet.core.predict import predict
+    from napari_sparse_unet.core.prediction.predict import predict
 
     viewer, widget = trained
     image = viewer.layers["image"].data

@@ -14,15 +14,15 @@ widget show.
 """
 
 from .core.checkpoint import SegmentationModel, load_network
-from .core.curves import TrainingCurves
+from .core.training.curves import TrainingCurves
 from .core.config import PRESETS, ModelConfig, PredictConfig, TrainConfig
 from .core.device import available_devices, resolve_device
 from .core.errors import CheckpointError, ConfigError, InputError, UserInputError
 from .core.generators import run_to_end
 from .jobs import PredictJob, PredictResult, TrainJob
-from .core.predict import PredictEvent, predict, predict_iter
-from .core.train import TrainEvent, Trainer, train
-from .core.training_log import TrainingLog, write_curves
+from .core.prediction.predict import PredictEvent, predict, predict_iter
+from .core.training.train import TrainEvent, Trainer, train
+from .core.training.training_log import TrainingLog, write_curves
 
 __all__ = [
     "PRESETS",

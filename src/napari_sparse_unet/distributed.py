@@ -5,7 +5,7 @@
     >>> predict_zarr(model, "big.ome.zarr", "big_labels.ome.zarr", client=client)
 
 Each task reads its block plus a halo from the input zarr, runs the tiled
-predictor on it (:class:`.core.blockwise.BlockPredictor`) and writes only the
+predictor on it (:class:`.core.prediction.blockwise.BlockPredictor`) and writes only the
 block's core to the output, whose chunks the blocks are aligned to: no two
 tasks write the same chunk and no data moves between workers.  The model goes
 to every worker once, as a worker plugin (which Dask also installs on workers
@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .core.blocks import DEFAULT_MAX_BLOCK_VOXELS, Block, block_grid, choose_block_shape, grid_shape
+from .core.prediction.blocks import DEFAULT_MAX_BLOCK_VOXELS, Block, block_grid, choose_block_shape, grid_shape
 from .core.errors import InputError
 from .io.zarr_files import create_block_output, mark_finished, open_zarr_input, output_chunks
 
@@ -156,10 +156,10 @@ def predict_blocks(
     """Predict ``blocks`` of ``image`` into ``labels_out`` (and ``probabilities_out``).
 
     Args:
-        block_predictor: a :class:`.core.blockwise.BlockPredictor`.
+        block_predictor: a :class:`.core.prediction.blockwise.BlockPredictor`.
         image: (*spatial) or (C, *spatial) array the workers can read (a zarr array).
         labels_out: spatial-shape array the workers can write, chunks aligned to the blocks.
-        blocks: from :func:`.core.blocks.block_grid`.
+        blocks: from :func:`.core.prediction.blocks.block_grid`.
         client: a ``distributed.Client``; None runs the blocks one by one in this process.
         markers: folder where each finished block leaves a mark (see :mod:`.io.zarr_files`).
         skip: names of blocks already finished (resume).
@@ -264,10 +264,10 @@ def predict_zarr(
     an interrupted run with the same settings.
 
     Args:
-        block_predictor: a :class:`.core.blockwise.BlockPredictor` (``BlockPredictor.from_model(model, config)``).
+        block_predictor: a :class:`.core.prediction.blockwise.BlockPredictor` (``BlockPredictor.from_model(model, config)``).
         client: a ``distributed.Client`` (LocalCluster, dask-jobqueue, Kubernetes...); None runs here.
         block_shape: spatial core shape of the blocks, a multiple of the output chunks
-            (default: chosen to read the fewest voxels, see :func:`.core.blocks.choose_block_shape`).
+            (default: chosen to read the fewest voxels, see :func:`.core.prediction.blocks.choose_block_shape`).
         max_block_voxels: bound on the chosen block's voxels.
     """
     started = time.perf_counter()

@@ -16,7 +16,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from ..core.curves import TrainingCurves
+from ..core.training.curves import TrainingCurves
 
 REDRAW_MS = 500
 HEIGHT = 220

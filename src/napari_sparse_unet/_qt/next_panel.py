@@ -1,6 +1,6 @@
 """Two small groups of the dock widget: instances of a class, and where to paint next.
 
-``InstancesPanel`` turns its controls into an :class:`~..core.instances.InstanceConfig`
+``InstancesPanel`` turns its controls into an :class:`~..core.analysis.instances.InstanceConfig`
 (or None when unchecked); ``NextSlicePanel`` asks for an uncertainty layer and
 shows the ranking of slices where the model is least sure, emitting
 ``slice_chosen(axis, index)`` when one is clicked.  Neither touches layers.
@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ..core.uncertainty import UNCERTAINTY_MEASURES
+from ..core.analysis.uncertainty import UNCERTAINTY_MEASURES
 
 # Label in the method box -> (method, landscape).
 INSTANCE_CHOICES = {
@@ -82,7 +82,7 @@ class InstancesPanel(QGroupBox):
         if not self.instances_check.isChecked():
             return None
         from ..core.errors import UserInputError
-        from ..core.instances import InstanceConfig
+        from ..core.analysis.instances import InstanceConfig
 
         value = self.class_combo.currentData()
         if value is None:

@@ -304,7 +304,7 @@ class SparseUNetWidget(QWidget):
         """A lazy (dask) image gets a lazy prediction layer: napari predicts a block (plus its halo)
         of the image when it first shows part of it, so neither volume is ever loaded whole.
         Probabilities, uncertainty and instances need the whole volume: they take the eager path."""
-        from ..core.blockwise import BlockPredictor, predict_lazy
+        from ..core.prediction.blockwise import BlockPredictor, predict_lazy
 
         assert self.model is not None
         labels = predict_lazy(BlockPredictor.from_model(self.model, config), image.data, max_block_voxels=LAZY_BLOCK_VOXELS)
@@ -333,7 +333,7 @@ class SparseUNetWidget(QWidget):
 
     def _show_uncertainty(self, uncertainty: Any, image: _layers.ImageSnapshot) -> None:
         """The uncertainty layer and the ranking of unpainted slices along the axis the user scrolls."""
-        from ..core.uncertainty import rank_slices
+        from ..core.analysis.uncertainty import rank_slices
 
         self._uncertainty_layer = _layers.show_uncertainty(self.viewer, uncertainty, image)
         view = _layers.viewed_slice(self.viewer, self._uncertainty_layer)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.checkpoint import SegmentationModel
-from ..core.model import PlanewiseConv3d
+from ..core.network.model import PlanewiseConv3d
 from ..core.rules import image_for_model
 
 # Largest test input per axis (voxels): big enough to show the model working, small enough for a zip.

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, model: SegmentationModel, config: PredictConfi
         if value is not None and volume_format(value) != "zarr":
             raise UsageError(f"{option} {value!r}: block-wise prediction (--workers, --scheduler, --block-size, "
                              "--resume) reads and writes .zarr folders only")
-    from ..core.blockwise import BlockPredictor
+    from ..core.prediction.blockwise import BlockPredictor
     from ..distributed import grid_summary, predict_zarr
 
     block_predictor = BlockPredictor.from_model(model, config)

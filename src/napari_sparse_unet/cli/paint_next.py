@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.instances import INSTANCE_METHODS, LANDSCAPES, InstanceConfig
+from ..core.analysis.instances import INSTANCE_METHODS, LANDSCAPES, InstanceConfig
 from ..core.rules import annotation_shape_problem, check_instance_class
-from ..core.uncertainty import UNCERTAINTY_MEASURES, ranking_csv, rank_slices
+from ..core.analysis.uncertainty import UNCERTAINTY_MEASURES, ranking_csv, rank_slices
 from ..io import create_output, read_volume
 from .channels import channel_files
 from .common import UsageError, check_output_path, non_negative_int

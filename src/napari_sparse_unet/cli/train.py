@@ -70,7 +70,7 @@ def _channel_names(args: argparse.Namespace, from_files: tuple[str, ...] | None,
 
 def _log_formats(args: argparse.Namespace) -> tuple[str, ...]:
     """The --log-format choice, checked before training; by default CSV, plus TensorBoard when installed."""
-    from ..core.training_log import check_log_formats, tensorboard_available
+    from ..core.training.training_log import check_log_formats, tensorboard_available
 
     if args.log_format:
         return check_log_formats(dict.fromkeys(args.log_format))
@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         each = None
         if args.log_dir is not None:
-            from ..core.training_log import TrainingLog
+            from ..core.training.training_log import TrainingLog
 
             log = stack.enter_context(TrainingLog(args.log_dir, log_formats))
             for row in job.curves.rows():  # the resumed model's curve, continued by this run

@@ -24,7 +24,7 @@ from .config import ModelConfig, TrainConfig
 from .errors import CheckpointError, ConfigError
 from .files import atomic_file
 from .data import Normalization, label_lut
-from .model import build_model
+from .network.model import build_model
 
 FORMAT = "napari-sparse-unet"
 FORMAT_VERSION = 1

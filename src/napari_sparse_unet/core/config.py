@@ -16,7 +16,7 @@ from .errors import ConfigError
 from .rules import check_device_name
 
 if TYPE_CHECKING:
-    from .filters import FilterBank
+    from .network.filters import FilterBank
 
 Norm = Literal["instance", "batch"]
 Device = Literal["auto", "cpu", "cuda", "mps"]  # rules.DEVICE_NAMES, spelled out for type checkers
@@ -111,13 +111,13 @@ class ModelConfig:
     @property
     def input_halo(self) -> tuple[int, ...]:
         """Voxels of context the network reads beyond its output on each side, per axis (the filter bank's)."""
-        from .filters import filter_halo
+        from .network.filters import filter_halo
 
         return filter_halo(self.filter_sigmas, self.spatial_dims, context=self.context_sigmas)
 
     def filter_bank(self) -> "FilterBank | None":
         """The fixed filter bank these settings describe; None without one."""
-        from .filters import FilterBank
+        from .network.filters import FilterBank
 
         if not self.filter_sigmas:
             return None

@@ -111,7 +111,8 @@ def import_engine() -> None:
     """
     import torch
 
-    from ..core import predict, train  # noqa: F401
+    from ..core.prediction import predict  # noqa: F401
+    from ..core.training import train  # noqa: F401
 
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
 

@@ -14,7 +14,7 @@ from .base import Job, PredictResult
 if TYPE_CHECKING:
     from ..core.checkpoint import SegmentationModel
     from ..core.config import PredictConfig
-    from ..core.instances import InstanceConfig
+    from ..core.analysis.instances import InstanceConfig
 
 
 class PredictJob(Job):
@@ -22,7 +22,7 @@ class PredictJob(Job):
 
     Args:
         model: a SegmentationModel.
-        image: as :func:`~.core.predict.predict_iter` takes it.
+        image: as :func:`~.core.prediction.predict.predict_iter` takes it.
         config: prediction settings.
         labels_out, probabilities_out: where to write (numpy, zarr...); labels are
             allocated when None.
@@ -63,10 +63,10 @@ class PredictJob(Job):
         self.spacing = spacing
 
     def _work(self) -> Generator[Any, None, PredictResult | None]:
-        from ..core.instances import ClassProbabilityWriter, segment_instances
-        from ..core.predict import predict_iter
+        from ..core.analysis.instances import ClassProbabilityWriter, segment_instances
+        from ..core.prediction.predict import predict_iter
         from ..core.rules import check_instance_class
-        from ..core.uncertainty import UncertaintyWriter
+        from ..core.analysis.uncertainty import UncertaintyWriter
 
         start = time.perf_counter()
         spatial = tuple(int(s) for s in self.image.shape[-self.model.spatial_dims :])  # predict_iter checks the image

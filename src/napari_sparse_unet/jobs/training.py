@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..core.curves import TrainingCurves
+from ..core.training.curves import TrainingCurves
 from ..core.generators import drive, run_to_end
 from ..core.rules import as_channel_first
 from .base import Corrections, Job, Preview, ViewedSlice, preview_region
@@ -19,7 +19,7 @@ from .base import Corrections, Job, Preview, ViewedSlice, preview_region
 if TYPE_CHECKING:
     from ..core.checkpoint import SegmentationModel
     from ..core.config import PredictConfig, TrainConfig
-    from ..core.train import Trainer
+    from ..core.training.train import Trainer
 
 
 class TrainJob(Job):
@@ -30,7 +30,7 @@ class TrainJob(Job):
     checking a large volume and fitting the normalisation take a while.
 
     Args:
-        images, annotations, config, spacing, initial, class_names: as for :class:`~.core.train.Trainer`.
+        images, annotations, config, spacing, initial, class_names: as for :class:`~.core.training.train.Trainer`.
         view: where the user looks, for previews.
         preview_interval: seconds between previews (0: none).  Slow previews
             are spaced out to at most a quarter of the time.
@@ -114,7 +114,7 @@ class TrainJob(Job):
     def prepare(self) -> Trainer:
         """Check the input and set up the trainer (once); raises UserInputError for bad input."""
         if self.trainer is None:
-            from ..core.train import Trainer
+            from ..core.training.train import Trainer
 
             self.trainer = Trainer(
                 self.images, self.annotations, self.config, spacing=self.spacing, initial=self.initial,
@@ -167,7 +167,7 @@ class TrainJob(Job):
     def _preview(self, step: int) -> Preview | None:
         """Predict the slab around the viewed slice with the live weights; None if stopped meanwhile."""
         from ..core.config import PredictConfig
-        from ..core.predict import predict_iter
+        from ..core.prediction.predict import predict_iter
 
         assert self.trainer is not None
         start = time.perf_counter()

@@ -13,15 +13,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .config import ModelConfig, TrainConfig
-from .data import Normalization, annotation_to_target
-from .errors import InputError
-from .filters import FilterBank, filter_volume
+from ..config import ModelConfig, TrainConfig
+from ..data import Normalization, annotation_to_target
+from ..errors import InputError
+from ..network.filters import FilterBank, filter_volume
 from .losses import masked_cross_entropy
-from .metrics import dice_per_class, mean_dice
-from .rules import check_annotation_of, painted_values, unknown_labels_problem
+from ..metrics import dice_per_class, mean_dice
+from ..rules import check_annotation_of, painted_values, unknown_labels_problem
 from .sampling import PatchSampler, TrainingVolume, crop_with_padding
-from .voxel_head import painted_feature_rows
+from ..network.voxel_head import painted_feature_rows
 
 # Hold out a slice for validation only when this many annotated slices exist,
 # so a user who painted three slices trains on all three.

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .rules import check_uncertainty_measure
+from ..rules import check_uncertainty_measure
 
 UNCERTAINTY_MEASURES: tuple[str, ...] = ("entropy", "margin")
 # Rows of axis 0 read at once while ranking (bounds memory on file-backed arrays).

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import SegmentationModel
+from ..checkpoint import SegmentationModel
 
 
 def snapshot(network: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -13,10 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import ModelConfig, TrainConfig
-from .filters import axis_sigmas
-from .model import choose_patch_size, plan_network
-from .rules import check_network_size
+from ..config import ModelConfig, TrainConfig
+from ..network.filters import axis_sigmas
+from ..network.model import choose_patch_size, plan_network
+from ..rules import check_network_size
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .device import autocast
+from ..device import autocast
 from .losses import sparse_segmentation_loss
 from .sampling import PatchSampler
 from .training_data import VoxelBatches

@@ -297,7 +297,7 @@ def _bands(
     outputs = np.arange(size_out)
     for t in range(length):
         if reflect:
-            from .sampling import reflect_indices
+            from ..training.sampling import reflect_indices
 
             inputs = reflect_indices(-r + t, size_out, size)
         else:
@@ -375,7 +375,7 @@ def filter_slab(
     The slab is read with the bank's halo (mirrored at the volume border) and
     ``normalize``-d first when the image is raw.
     """
-    from .sampling import crop_with_padding
+    from ..training.sampling import crop_with_padding
 
     halo = bank.halo
     spatial = image_cf.shape[1:]

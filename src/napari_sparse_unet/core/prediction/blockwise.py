@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from .blocks import Block, block_grid, choose_block_shape, grid_shape
-from .config import PredictConfig
-from .data import model_lut
-from .generators import run_to_end
+from ..config import PredictConfig
+from ..data import model_lut
+from ..generators import run_to_end
 from .tiling import per_axis_values, tile_starts
 
 if TYPE_CHECKING:
-    from .checkpoint import SegmentationModel
+    from ..checkpoint import SegmentationModel
 
 
 @dataclass
@@ -155,7 +155,7 @@ class BlockPredictor:
         probs = np.zeros((self.num_classes, *box), np.float32) if probabilities else None
         if self.model is not None:
             from .predict import model_window
-            from .rules import image_for_model
+            from ..rules import image_for_model
 
             region_cf = image_for_model(region_cf, self.spatial_dims, int(self.model.in_channels))
             settings = model_window(self.model, self.config)

@@ -20,18 +20,18 @@ from typing import Any, Generator, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import SegmentationModel
-from .config import TrainConfig
-from .data import fit_normalization
-from .device import autocast_dtype, preferred_memory_format, resolve_device
-from .errors import InputError
-from .generators import run_to_end
+from ..checkpoint import SegmentationModel
+from ..config import TrainConfig
+from ..data import fit_normalization
+from ..device import autocast_dtype, preferred_memory_format, resolve_device
+from ..errors import InputError
+from ..generators import run_to_end
 from .keep_best import BestWeights, snapshot
 from .losses import masked_cross_entropy
-from .metrics import RunningDice
-from .model import build_model
+from ..metrics import RunningDice
+from ..network.model import build_model
 from .plan import plan
-from .rules import check_spacing, check_training_pair, finetune_problem, painted_values
+from ..rules import check_spacing, check_training_pair, finetune_problem, painted_values
 from .sampling import PatchSampler
 from .steps import Steps, parameter_groups
 from .training_data import TrainingData, VoxelBatches

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .predictor import Featurizer
-from .sampling import crop_with_padding, reflect_indices
+from ..training.sampling import crop_with_padding, reflect_indices
 
 # Output voxels filtered at once when a row's features are computed (bounds the filter bank's temporaries).
 _FEATURE_VOXELS = 1 << 21

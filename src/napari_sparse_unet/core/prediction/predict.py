@@ -15,13 +15,13 @@ from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
-from .config import PredictConfig
-from .data import model_lut
-from .device import resolve_device
-from .errors import InputError
-from .generators import run_to_end
+from ..config import PredictConfig
+from ..data import model_lut
+from ..device import resolve_device
+from ..errors import InputError
+from ..generators import run_to_end
 from .predictor import make_featurizer, make_predictor
-from .rules import check_network_size, image_for_model
+from ..rules import check_network_size, image_for_model
 from .sliding_window import PredictEvent, SlabHook, sliding_window_predict
 from .tile_size import choose_tile_size
 from .tiling import overlap_voxels

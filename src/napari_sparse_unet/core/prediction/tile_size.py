@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 # Peak activation memory of the U-Net per tile voxel and per base channel
 # (float32, inference mode).  Measured as peak RSS on CPU for the 3-D net with

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from .device import autocast, autocast_dtype, preferred_memory_format
-from .model import fold_batch_norms
+from ..device import autocast, autocast_dtype, preferred_memory_format
+from ..network.model import fold_batch_norms
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 """(N, C, *tile) float32 -> (N, K, *tile) class probabilities (what gets blended)."""

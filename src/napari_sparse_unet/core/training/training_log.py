@@ -26,8 +26,8 @@ from types import TracebackType
 from typing import Any
 
 from .curves import COLUMNS, TrainingCurves
-from .errors import ConfigError, missing_package
-from .files import atomic_file
+from ..errors import ConfigError, missing_package
+from ..files import atomic_file
 
 LOG_FORMATS: tuple[str, ...] = ("csv", "tensorboard")
 CSV_NAME = "curves.csv"

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .rules import check_instance_settings
+from ..rules import check_instance_settings
 
 INSTANCE_METHODS: tuple[str, ...] = ("watershed", "components")
 LANDSCAPES: tuple[str, ...] = ("distance", "probability")

@@ -1,0 +1,1 @@
+"""What is computed from a prediction: instances and uncertainty."""
