@@ -11,7 +11,7 @@ network was trained with, so bigger tiles do not mean more redundant voxels.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Sequence
 
 import numpy as np
 
@@ -26,8 +26,11 @@ from .sliding_window import PredictEvent, SlabHook, sliding_window_predict
 from .tile_size import choose_tile_size
 from .tiling import overlap_voxels
 
+if TYPE_CHECKING:
+    from ..checkpoint import SegmentationModel
 
-def plan_prediction(model: Any, spatial_shape: Sequence[int], config: PredictConfig) -> tuple[tuple[int, ...], tuple[float, ...]]:
+
+def plan_prediction(model: SegmentationModel, spatial_shape: Sequence[int], config: PredictConfig) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """(tile shape, overlap as a fraction of the tile per axis) for ``model`` on ``spatial_shape``.
 
     Neighbouring tiles share ``config.overlap`` × the training patch in voxels
@@ -55,7 +58,7 @@ def plan_prediction(model: Any, spatial_shape: Sequence[int], config: PredictCon
 
 
 def predict_iter(
-    model: Any,
+    model: SegmentationModel,
     image: Any,
     config: PredictConfig = PredictConfig(),
     labels_out: Any = None,
@@ -97,7 +100,7 @@ def predict_iter(
     return labels_out
 
 
-def model_window(model: Any, config: PredictConfig) -> dict[str, Any]:
+def model_window(model: SegmentationModel, config: PredictConfig) -> dict[str, Any]:
     """:func:`sliding_window_predict`'s settings for ``model`` (all but the image, tiling and outputs)."""
     device = resolve_device(config.device)
     featurize = make_featurizer(model, device, config.mixed_precision)
@@ -114,7 +117,7 @@ def model_window(model: Any, config: PredictConfig) -> dict[str, Any]:
 
 
 def predict(
-    model: Any,
+    model: SegmentationModel,
     image: Any,
     config: PredictConfig = PredictConfig(),
     *,
