@@ -188,7 +188,7 @@ def test_widget_exports_the_loaded_model(make_napari_viewer, qtbot, trained, tmp
     monkeypatch.setattr(bx, "consumer_available", lambda: False)  # bioimageio.spec's validation only: fast
     assert widget.model_panel.export_model()
     assert not widget.model_panel.export_button.isEnabled()  # one export at a time
-    qtbot.waitUntil(lambda: widget.model_panel.export_worker is None, timeout=120_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
     assert "Exported" in widget.progress.status_label.text() and widget.model_panel.export_button.isEnabled()
     assert SegmentationModel.load(package).class_names == ("background", "ball", "box")
     widget.shutdown()

@@ -95,7 +95,7 @@ def test_image_with_more_channels_than_the_model(tmp_path, capsys, tiny_volume, 
     cli = _cli_error(["predict", "--model", tmp_path / "model.pt", "--image", tmp_path / "two.tif",
                       "--out", tmp_path / "out.tif", "--device", "cpu", "-q"], capsys)
     widget = widget_on(two_channels)
-    widget._set_model(model)
+    widget.set_model(model)
     gui = _widget_errors(widget, widget.predict)
 
     assert str(api.value) == message and cli == message

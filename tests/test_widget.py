@@ -273,6 +273,21 @@ def test_worker_failure_is_notified_and_buttons_return(viewer_widget, qtbot):
     assert widget.training.train_button.isEnabled() and not widget.training.stop_button.isEnabled()
 
 
+def test_one_job_at_a_time_through_one_runner(viewer_widget, qtbot):
+    _, widget = viewer_widget
+    configure_tiny(widget, steps=500)
+    assert widget.train()
+    # Refused at once, also while the job's start is still being staged.
+    assert widget.busy and not widget.train() and not widget.predict()
+    assert not widget.runner.start(object(), yielded=print, returned=print, failed=print, aborted=print)
+    for button in (widget.training.train_button, widget.prediction.predict_button, widget.model_panel.export_button):
+        assert not button.isEnabled()
+    wait_for_step(qtbot, widget, 1)
+    widget.runner.stop()
+    wait_idle(qtbot, widget)
+    assert widget.training.train_button.isEnabled() and widget.model is not None
+
+
 def test_bad_input_is_refused_on_the_main_thread(viewer_widget):
     viewer, widget = viewer_widget
     before = len(_notifications())
@@ -361,7 +376,7 @@ def test_a_lazy_image_gets_a_lazy_prediction_equal_to_the_eager_one(trained, qtb
     from qtpy.QtCore import Qt
 
     from napari_sparse_unet._layers import find_prediction_layer
-    from napari_sparse_unet._qt import widget as widget_module
+    from napari_sparse_unet._qt import prediction_flow as flow_module
     from napari_sparse_unet.core.prediction.predict import predict
 
     viewer, widget = trained
@@ -369,7 +384,7 @@ def test_a_lazy_image_gets_a_lazy_prediction_equal_to_the_eager_one(trained, qtb
     zarr.create_array(str(tmp_path / "image.zarr"), shape=image.shape, chunks=(6, 16, 16), dtype=image.dtype)[:] = image
     lazy_image = viewer.add_image(da.from_zarr(str(tmp_path / "image.zarr")), name="lazy", scale=(2.0, 1.0, 1.0))
     widget.data.image_picker.value = lazy_image
-    monkeypatch.setattr(widget_module, "LAZY_BLOCK_VOXELS", 6 * 16 * 16)  # 8 blocks of the tiny volume
+    monkeypatch.setattr(flow_module, "LAZY_BLOCK_VOXELS", 6 * 16 * 16)  # 8 blocks of the tiny volume
     qtbot.mouseClick(widget.prediction.predict_button, Qt.MouseButton.LeftButton)
     assert not widget.busy  # nothing to wait for: the layer is there at once
     prediction = find_prediction_layer(viewer, "lazy", image.shape)

@@ -50,13 +50,13 @@ def test_a_correction_painted_while_training_reaches_the_preview(make_napari_vie
         return next((l for l in viewer.layers if PREDICTION_KEY in l.metadata), None)
 
     previews = []  # (time, step) of each preview shown
-    shown = widget._show_preview
+    shown = widget.training_flow._show_preview
 
     def record(preview):
         shown(preview)
         previews.append((time.perf_counter(), preview.step))
 
-    widget._show_preview = record
+    widget.training_flow._show_preview = record
     # A first preview of the slice (on a loaded machine the first ones can take a while).
     qtbot.waitUntil(lambda: len(previews) >= 1 and prediction() is not None, timeout=TIMEOUT_MS)
     trainer = widget.runner.job.trainer

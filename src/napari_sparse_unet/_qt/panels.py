@@ -73,13 +73,12 @@ class ModelPanel(QGroupBox):
 
     loaded = Signal(object)
     status_changed = Signal(str)
-    export_finished = Signal()
+    export_requested = Signal(object)  # an ExportJob, for the widget's job runner
 
     def __init__(self, model: Callable[[], Any], image: Callable[[], Any] | None = None, parent: Any = None) -> None:
         super().__init__("Model", parent)
         self.model = model  # the widget's current model, or None
         self.image = image
-        self.export_worker: Any = None
         form = QFormLayout(self)
         row = QHBoxLayout()
         self.save_button = QPushButton("Save…")
@@ -110,7 +109,7 @@ class ModelPanel(QGroupBox):
         return QFileDialog.getSaveFileName(self, "Export to bioimage.io", "model.zip", PACKAGE_FILTER)[0]
 
     def export_model(self) -> bool:
-        """Export in a background thread (tracing and validating take seconds); False when refused."""
+        """Ask for a path and request the export (tracing and validating take seconds); False when refused."""
         model = self.model()
         try:
             if model is None:
@@ -124,29 +123,10 @@ class ModelPanel(QGroupBox):
         path = self.ask_export_path()
         if not path:
             return False
-        from napari.qt.threading import create_worker
+        from ..jobs import ExportJob
 
-        self.export_button.setEnabled(False)
-        self.status_changed.emit(f"Exporting to {path}…")
-        self.export_worker = create_worker(
-            _export_package, model.copy(), path, image,
-            _connect={"returned": self._on_exported, "errored": self._on_export_failed, "finished": self._on_export_finished},
-        )
+        self.export_requested.emit(ExportJob(model, path, image))
         return True
-
-    def _on_exported(self, message: str) -> None:
-        self.status_changed.emit(message)
-
-    def _on_export_failed(self, error: BaseException) -> None:
-        if isinstance(error, UserInputError):
-            notify("error", str(error))
-        else:
-            notify("error", f"Export failed ({type(error).__name__}): {error}")
-        self.status_changed.emit("Export failed; nothing was written.")
-
-    def _on_export_finished(self) -> None:
-        self.export_worker = None
-        self.export_finished.emit()
 
     def save_model(self) -> str | None:
         model = self.model()
@@ -234,12 +214,3 @@ class ProgressPanel(QWidget):
     def prediction_step(self, event: Any) -> None:
         self.progress_bar.setValue(int(1000 * event.tiles_done / max(int(event.tiles_total), 1)))
         self.loss_label.setText(f"tile {event.tiles_done}/{event.tiles_total} · {event.elapsed:.0f} s")
-
-
-def _export_package(model: SegmentationModel, path: str, image: Any) -> str:
-    """Worker thread: write and validate the package; returns the status line."""
-    from ..bioimageio.export import export_model
-
-    summary = export_model(model, path, image)
-    checked = "tested with bioimageio.core" if summary.status == "passed" else "validated with bioimageio.spec"
-    return f"Exported to {path} ({checked}: {summary.status})."

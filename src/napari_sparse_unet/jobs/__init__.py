@@ -1,4 +1,4 @@
-"""Training and prediction as jobs: what the command line and the widget both run.
+"""Training, prediction and export as jobs: what the command line and the widget both run.
 
 A job holds its inputs (copies of layer data, or arrays read from files), runs
 the engine's generator in whatever thread calls :meth:`Job.run`, yields the
@@ -11,10 +11,11 @@ Axis order: images are (C, *spatial) or as the engine accepts them; labels (*spa
 """
 
 from .base import Corrections, Job, PredictResult, Preview, ViewedSlice, import_engine, preview_region
+from .export import ExportJob
 from .prediction import PredictJob
 from .training import TrainJob
 
 __all__ = [
-    "Corrections", "Job", "PredictJob", "PredictResult", "Preview", "TrainJob", "ViewedSlice", "import_engine",
+    "Corrections", "ExportJob", "Job", "PredictJob", "PredictResult", "Preview", "TrainJob", "ViewedSlice", "import_engine",
     "preview_region",
 ]
