@@ -42,7 +42,7 @@ import numpy as np
 
 CHUNKS = (64, 256, 256)
 # The default engine, small: see the module docstring.
-NETWORK = {"base_channels": 4, "depth": 2, "filter_scales": (1.0,), "voxel_head": 0}
+NETWORK = {"base_channels": 4, "depth": 2, "sigmas": (1.0,), "voxel_head_width": 0}
 
 
 def peak_rss() -> int:

@@ -41,7 +41,7 @@ def trained(tmp_path_factory) -> dict:
     image, _, annotation = _tiny_pair()
     # Filter scales that leave the tiny volume bigger than the halo (the default context σ 20 reads 60 voxels beyond a tile).
     config = TrainConfig(max_steps=3, patch_size=(8, 16, 16), batch_size=2, base_channels=4, depth=2, device="cpu",
-                         filter_scales=(1.0, 2.5), context_scales=())
+                         sigmas=(1.0, 2.5), context_sigmas=())
     model = train([image], [annotation], config, spacing=(2.0, 1.0, 1.0), class_names=["background", "ball", "box"])
     model.save(folder / "model.pt")
     io.write_volume(folder / "image.tif", image, spacing=(2.0, 1.0, 1.0))
@@ -200,7 +200,7 @@ def test_two_channel_2d_model_round_trip(tmp_path, offline):
     from napari_sparse_unet.core.network.model import build_model
 
     torch.manual_seed(0)
-    config = ModelConfig(2, 2, 3, ((2, 2),), base_channels=2, filter_sigmas=((1.0, 1.0),))
+    config = ModelConfig(2, 2, 3, ((2, 2),), base_channels=2, sigmas=((1.0, 1.0),))
     model = SegmentationModel(
         network=build_model(config).eval(), model_config=config, train_config=TrainConfig(),
         normalization=Normalization(low=(0.0, 0.0), high=(1.0, 1.0), knots=((0.0, 0.3, 1.0), (0.0, 2.0))),

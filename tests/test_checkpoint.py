@@ -129,7 +129,7 @@ def test_a_checkpoint_saved_before_the_lab_settings_left_still_loads_and_predict
 
     model = SegmentationModel.load(data / "checkpoint_c4c448c.pt")
     assert model.class_names == ("background", "ball", "box") and model.spacing == (2.0, 1.0, 1.0)
-    assert model.train_config.voxel_head == 8 and model.history["steps"] == 150
+    assert model.train_config.voxel_head_width == 8 and model.history["steps"] == 150
     image = tiny_volume[0]
     labels = run_to_end(PredictJob(model, image, PredictConfig(mixed_precision=False, device="cpu")).run(), lambda e: None).labels
     expected = np.load(data / "checkpoint_c4c448c_labels.npy")

@@ -84,7 +84,7 @@ def test_cpu_training_learns_in_float32_even_where_prediction_uses_bfloat16(monk
     annotation[11] = truth[11] + 1
     config = TrainConfig(max_steps=100, patch_size=(8, 16, 16), batch_size=2, base_channels=4, depth=2,
                          augment=False, validation=False, num_threads=1, learning_rate=1e-2,
-                         voxel_head=0)  # the U-Net's own loss throughout (the voxel head's warm-up steps report another)
+                         voxel_head_width=0)  # the U-Net's own loss throughout (the voxel head's warm-up steps report another)
     trainer = Trainer(images=[image], annotations=[annotation], config=config)
     losses = [event.loss for event in trainer.run()]
     assert len(losses) == 100 and all(np.isfinite(losses))

@@ -79,7 +79,7 @@ def test_context_scales_add_only_the_smoothed_intensity() -> None:
     # A context scale gives what a full scale at that σ gives as its smoothed feature, nothing else.
     sigma = (1.0, 3.0, 3.0)
     full = FilterBank([(1.0, 1.0, 1.0), sigma], 3, hessian=True)
-    lean = FilterBank([(1.0, 1.0, 1.0)], 3, hessian=True, context=[sigma])
+    lean = FilterBank([(1.0, 1.0, 1.0)], 3, hessian=True, context_sigmas=[sigma])
     assert lean.halo == full.halo
     assert lean.features_per_channel == 1 + features_per_scale(3, True) + 1
     image = torch.rand(1, 2, 16, 24, 24)
@@ -96,7 +96,7 @@ def test_context_scales_add_only_the_smoothed_intensity() -> None:
 def test_checkpoint_settings_without_context_scales_still_load() -> None:
     from napari_sparse_unet.core.config import ModelConfig
 
-    old = ModelConfig(3, 1, 2, ((1, 2, 2),), filter_sigmas=((1.0, 1.0, 1.0),)).to_dict()
+    old = ModelConfig(3, 1, 2, ((1, 2, 2),), sigmas=((1.0, 1.0, 1.0),)).to_dict()
     del old["context_sigmas"]
     config = ModelConfig.from_dict(old)
     assert config.context_sigmas == () and config.filter_bank().features_per_channel == 4
@@ -106,7 +106,7 @@ def test_checkpoint_settings_with_the_structure_tensor_switch_off_still_load() -
     from napari_sparse_unet.core.config import ModelConfig
     from napari_sparse_unet.core.errors import ConfigError
 
-    old = ModelConfig(3, 1, 2, ((1, 2, 2),), filter_sigmas=((1.0, 1.0, 1.0),)).to_dict()
+    old = ModelConfig(3, 1, 2, ((1, 2, 2),), sigmas=((1.0, 1.0, 1.0),)).to_dict()
     assert ModelConfig.from_dict({**old, "filter_structure_tensor": False}) == ModelConfig.from_dict(old)
     with pytest.raises(ConfigError, match="structure-tensor"):
         ModelConfig.from_dict({**old, "filter_structure_tensor": True})
@@ -116,7 +116,7 @@ def test_checkpoint_settings_with_the_structure_tensor_switch_off_still_load() -
 def test_features_of_whole_planes_equal_those_of_the_planes_read_with_their_halo(shape) -> None:
     from napari_sparse_unet.core.training.sampling import crop_with_padding
 
-    bank = FilterBank([(0.0, 1.0, 1.0), (1.0, 2.0, 2.0)], 3, hessian=True, context=[(2.0, 4.0, 4.0)])
+    bank = FilterBank([(0.0, 1.0, 1.0), (1.0, 2.0, 2.0)], 3, hessian=True, context_sigmas=[(2.0, 4.0, 4.0)])
     rng = np.random.default_rng(0)
     volume = rng.normal(size=(20, *shape[1:])).astype(np.float32)
     start, depth = 5, shape[0]

@@ -29,7 +29,7 @@ SMALL = TrainConfig(
 
 def test_the_untrained_unet_leaves_the_voxel_heads_probabilities_alone():
     config = ModelConfig(spatial_dims=3, in_channels=1, num_classes=3, pool_factors=((2, 2, 2),),
-                         base_channels=4, filter_sigmas=((1.0, 1.0, 1.0),), voxel_head=8)
+                         base_channels=4, sigmas=((1.0, 1.0, 1.0),), voxel_head_width=8)
     network = build_model(config).eval()
     features = torch.randn(1, config.in_channels * network.filters.features_per_channel, 4, 8, 8)
     with torch.no_grad():

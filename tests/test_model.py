@@ -92,7 +92,7 @@ def test_folding_batch_norms_keeps_the_networks_function() -> None:
     from napari_sparse_unet.core.network.model import build_model, fold_batch_norms
 
     config = ModelConfig(3, 1, 3, ((1, 2, 2), (2, 2, 2)), base_channels=4, conv_kernels=((1, 1, 1), (1, 3, 3), (3, 3, 3)),
-                         filter_sigmas=((0.0, 1.0, 1.0),), voxel_head=8)
+                         sigmas=((0.0, 1.0, 1.0),), voxel_head_width=8)
     network = build_model(config)
     torch.manual_seed(0)
     for module in network.modules():  # statistics and affine parameters far from the identity

@@ -301,7 +301,7 @@ def test_choose_tile_size_fits_the_budget_and_the_volume():
 def test_a_row_of_big_planes_can_be_stopped_between_its_slabs(monkeypatch):
     # Filtering a row of 512² planes takes seconds: closing the generator there must not wait for the row.
     torch.manual_seed(0)
-    config = ModelConfig(3, 1, 2, ((1, 2, 2),), base_channels=2, filter_sigmas=((1.0, 1.0, 1.0),), voxel_head=4)
+    config = ModelConfig(3, 1, 2, ((1, 2, 2),), base_channels=2, sigmas=((1.0, 1.0, 1.0),), voxel_head_width=4)
     model = SegmentationModel(
         network=build_model(config).eval(), model_config=config, train_config=TrainConfig(),
         normalization=Normalization(low=(0.0,), high=(1.0,)), class_values=(1, 2), patch_size=(4, 8, 8),

@@ -40,7 +40,7 @@ def test_the_model_output_is_the_product_of_its_two_experts() -> None:
     from napari_sparse_unet.core.config import ModelConfig
     from napari_sparse_unet.core.network.model import build_model
 
-    config = ModelConfig(3, 1, 3, ((1, 2, 2),), base_channels=4, filter_sigmas=((0.0, 1.0, 1.0),), voxel_head=8)
+    config = ModelConfig(3, 1, 3, ((1, 2, 2),), base_channels=4, sigmas=((0.0, 1.0, 1.0),), voxel_head_width=8)
     network = build_model(config).eval()
     torch.manual_seed(0)
     features = network.filters(torch.randn(1, 1, 2 + 2 * network.input_halo[0], 8 + 2 * network.input_halo[1], 8 + 2 * network.input_halo[2]))

@@ -53,7 +53,7 @@ class ModelConfig:
     features (:class:`.filters.FilterBank`) and ``context_sigmas`` its
     smoothing-only scales; checkpoints from before each was an option load without it.
 
-    ``voxel_head`` is the hidden width of a per-voxel classifier on the filter
+    ``voxel_head_width`` is the hidden width of a per-voxel classifier on the filter
     features whose probabilities multiply the U-Net's (:mod:`.voxel_head`); 0: none.
     """
 
@@ -64,9 +64,9 @@ class ModelConfig:
     base_channels: int = 16
     norm: Norm = "batch"
     conv_kernels: tuple[tuple[int, ...], ...] | None = None
-    filter_sigmas: tuple[tuple[float, ...], ...] = ()
+    sigmas: tuple[tuple[float, ...], ...] = ()
     widths: tuple[int, ...] | None = None
-    voxel_head: int = 0
+    voxel_head_width: int = 0
     filter_hessian: bool = False
     context_sigmas: tuple[tuple[float, ...], ...] = ()
 
@@ -96,32 +96,32 @@ class ModelConfig:
             widths = tuple(int(w) for w in self.widths)
             _check(len(widths) == len(factors) + 1 and min(widths) >= 1, f"widths must hold {len(factors) + 1} positive channel counts, got {self.widths!r}")
             object.__setattr__(self, "widths", widths)
-        for name in ("filter_sigmas", "context_sigmas"):
+        for name in ("sigmas", "context_sigmas"):
             sigmas = tuple(tuple(float(v) for v in level) for level in getattr(self, name))
             _check(
                 all(len(level) == self.spatial_dims and all(v >= 0 for v in level) for level in sigmas),
                 f"{name} must hold {self.spatial_dims} non-negative values per scale, got {getattr(self, name)!r}",
             )
             object.__setattr__(self, name, sigmas)
-        sigmas = self.filter_sigmas
-        _check(not self.context_sigmas or bool(sigmas), "context_sigmas need the filter bank (filter_sigmas)")
-        _check(self.voxel_head >= 0, f"voxel_head must be >= 0, got {self.voxel_head}")
-        _check(not self.voxel_head or bool(sigmas), "a voxel_head needs the filter bank (filter_sigmas)")
+        sigmas = self.sigmas
+        _check(not self.context_sigmas or bool(sigmas), "context_sigmas need the filter bank (sigmas)")
+        _check(self.voxel_head_width >= 0, f"voxel_head_width must be >= 0, got {self.voxel_head_width}")
+        _check(not self.voxel_head_width or bool(sigmas), "a voxel head needs the filter bank (sigmas)")
 
     @property
     def input_halo(self) -> tuple[int, ...]:
         """Voxels of context the network reads beyond its output on each side, per axis (the filter bank's)."""
         from .network.filters import filter_halo
 
-        return filter_halo(self.filter_sigmas, self.spatial_dims, context=self.context_sigmas)
+        return filter_halo(self.sigmas, self.spatial_dims, context_sigmas=self.context_sigmas)
 
     def filter_bank(self) -> "FilterBank | None":
         """The fixed filter bank these settings describe; None without one."""
         from .network.filters import FilterBank
 
-        if not self.filter_sigmas:
+        if not self.sigmas:
             return None
-        return FilterBank(self.filter_sigmas, self.spatial_dims, hessian=self.filter_hessian, context=self.context_sigmas)
+        return FilterBank(self.sigmas, self.spatial_dims, hessian=self.filter_hessian, context_sigmas=self.context_sigmas)
 
     @property
     def depth(self) -> int:
@@ -149,7 +149,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        data = dict(data)
+        data = _renamed(data, RENAMED_MODEL_SETTINGS)
         # Structure-tensor features were an experiment that lost (benchmarks/RESULTS.md); models without them load.
         if data.pop("filter_structure_tensor", False):
             raise ConfigError("this model was made with structure-tensor features, which this version no longer computes")
@@ -157,11 +157,21 @@ class ModelConfig:
         if data.get("conv_kernels") is not None:
             data["conv_kernels"] = tuple(tuple(level) for level in data["conv_kernels"])
         # Models saved before the filter bank existed have none.
-        for name in ("filter_sigmas", "context_sigmas"):
+        for name in ("sigmas", "context_sigmas"):
             data[name] = tuple(tuple(level) for level in data.get(name, ()))
         if data.get("widths") is not None:
             data["widths"] = tuple(data["widths"])
         return cls(**data)
+
+
+# Old names of settings, as checkpoints saved before issue 23 hold them -> today's.
+RENAMED_MODEL_SETTINGS = {"filter_sigmas": "sigmas", "voxel_head": "voxel_head_width"}
+RENAMED_TRAIN_SETTINGS = {"filter_scales": "sigmas", "context_scales": "context_sigmas", "voxel_head": "voxel_head_width"}
+
+
+def _renamed(data: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """``data`` with its old setting names replaced by today's."""
+    return {names.get(key, key): value for key, value in data.items()}
 
 
 # Settings of experiments that lost and left the product (their figures: benchmarks/RESULTS.md,
@@ -178,10 +188,10 @@ class TrainConfig:
     Training stops at ``max_steps`` or after ``max_time`` seconds, whichever comes first;
     ``patch_size`` is spatial only, (Z, Y, X) or (Y, X).  The defaults are the engine whose
     accuracy ``benchmarks/RESULTS.md`` reports, made to learn from a few painted slices: a fixed
-    Gaussian filter bank as the first layer (``filter_scales``, ``context_scales``,
+    Gaussian filter bank as the first layer (``sigmas``, ``context_sigmas``,
     ``filter_hessian``), histogram-equalised input, batch norm re-estimated at the end, thin
     patches around painted planes, a per-voxel top level with ``channel_growth`` widths, and a
-    per-voxel classifier (``voxel_head``) whose probabilities multiply the U-Net's.
+    per-voxel classifier (``voxel_head_width``) whose probabilities multiply the U-Net's.
     ``mixed_precision`` autocasts on CUDA; CPU training stays float32 (:mod:`.device`).
     """
 
@@ -198,12 +208,12 @@ class TrainConfig:
     channel_growth: float | None = 1.5
     norm: Norm = "batch"
     recalibrate_norm: bool = True
-    filter_scales: tuple[float, ...] = (0.7, 1.0, 1.6, 3.5, 5.0)
+    sigmas: tuple[float, ...] = (0.7, 1.0, 1.6, 3.5, 5.0)
     filter_hessian: bool = True
-    context_scales: tuple[float, ...] = (10.0, 20.0)
+    context_sigmas: tuple[float, ...] = (10.0, 20.0)
     equalize: bool = True
     plane_patch_depth: int = 8
-    voxel_head: int = 64
+    voxel_head_width: int = 64
     voxel_batch: int = 8192
     voxel_warmup: float = 0.1  # the voxel head trains alone for at least this share of the budget (core.warmup)
     dice_weight: float = 1.0
@@ -228,13 +238,13 @@ class TrainConfig:
         _check(1 <= self.depth <= 6, f"depth must be between 1 and 6, got {self.depth}")
         _check(self.base_channels >= 1, f"base_channels must be >= 1, got {self.base_channels}")
         _check(self.norm in ("instance", "batch"), f"norm must be 'instance' or 'batch', got {self.norm!r}")
-        object.__setattr__(self, "filter_scales", tuple(float(v) for v in self.filter_scales))
-        _check(all(v > 0 for v in self.filter_scales), f"filter_scales must be > 0, got {self.filter_scales!r}")
-        object.__setattr__(self, "context_scales", tuple(float(v) for v in self.context_scales))
-        _check(all(v > 0 for v in self.context_scales), f"context_scales must be > 0, got {self.context_scales!r}")
+        object.__setattr__(self, "sigmas", tuple(float(v) for v in self.sigmas))
+        _check(all(v > 0 for v in self.sigmas), f"sigmas must be > 0, got {self.sigmas!r}")
+        object.__setattr__(self, "context_sigmas", tuple(float(v) for v in self.context_sigmas))
+        _check(all(v > 0 for v in self.context_sigmas), f"context_sigmas must be > 0, got {self.context_sigmas!r}")
         _check(self.channel_growth is None or self.channel_growth >= 1, f"channel_growth must be >= 1, got {self.channel_growth}")
         _check(self.plane_patch_depth >= 0, f"plane_patch_depth must be >= 0, got {self.plane_patch_depth}")
-        _check(self.voxel_head >= 0, f"voxel_head must be >= 0, got {self.voxel_head}")
+        _check(self.voxel_head_width >= 0, f"voxel_head_width must be >= 0, got {self.voxel_head_width}")
         _check(self.voxel_batch >= 1, f"voxel_batch must be >= 1, got {self.voxel_batch}")
         _check(0 <= self.voxel_warmup < 1, f"voxel_warmup must be in [0, 1), got {self.voxel_warmup}")
         _check(self.intensity_augment >= 0, f"intensity_augment must be >= 0, got {self.intensity_augment}")
@@ -249,7 +259,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """Settings saved in a checkpoint; those of experiments that left (:data:`REMOVED_TRAIN_SETTINGS`) are dropped."""
-        data = {k: v for k, v in data.items() if k not in REMOVED_TRAIN_SETTINGS}
+        data = {k: v for k, v in _renamed(data, RENAMED_TRAIN_SETTINGS).items() if k not in REMOVED_TRAIN_SETTINGS}
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(f"unknown training settings {unknown}: saved by a newer napari-sparse-unet?")

@@ -66,10 +66,10 @@ def _radius(sigma: float) -> int:
 
 
 def filter_halo(
-    sigmas: Sequence[Sequence[float]], spatial_dims: int, *, context: Sequence[Sequence[float]] = ()
+    sigmas: Sequence[Sequence[float]], spatial_dims: int, *, context_sigmas: Sequence[Sequence[float]] = ()
 ) -> tuple[int, ...]:
     """Voxels of input needed beyond the output on each side, per axis, for these scales and context scales."""
-    reach = [tuple(_radius(v) for v in s) for s in [*sigmas, *context]]
+    reach = [tuple(_radius(v) for v in s) for s in [*sigmas, *context_sigmas]]
     if not reach:
         return (0,) * spatial_dims
     return tuple(max(r[a] for r in reach) for a in range(spatial_dims))
@@ -98,7 +98,7 @@ def gaussian_kernels(sigma: float) -> np.ndarray:
 class FilterBank(nn.Module):
     """(N, C, *(out + 2·halo)) -> (N, C·F, *out): raw, per scale smoothed, |gradient|, LoG (and Hessian eigenvalues), then per context scale smoothed.
 
-    F = 1 + S·:func:`features_per_scale` + len(``context``).  Derivatives are scale-normalised
+    F = 1 + S·:func:`features_per_scale` + len(``context_sigmas``).  Derivatives are scale-normalised
     (× σ and × σ²), so one scale's features are comparable to another's.  The
     Hessian eigenvalues are those of the axes filtered at that scale, in
     descending order, zero-padded to one per spatial axis.  Kernels are buffers
@@ -111,25 +111,25 @@ class FilterBank(nn.Module):
         spatial_dims: int,
         *,
         hessian: bool = False,
-        context: Sequence[Sequence[float]] = (),
+        context_sigmas: Sequence[Sequence[float]] = (),
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
         self.hessian = hessian
         self.sigmas = tuple(tuple(float(v) for v in s) for s in sigmas)
-        self.context = tuple(tuple(float(v) for v in s) for s in context)
-        self.halo = filter_halo(self.sigmas, spatial_dims, context=self.context)
+        self.context_sigmas = tuple(tuple(float(v) for v in s) for s in context_sigmas)
+        self.halo = filter_halo(self.sigmas, spatial_dims, context_sigmas=self.context_sigmas)
         for i, sigma in enumerate(self.sigmas):
             for axis, s in enumerate(sigma):
                 self.register_buffer(f"k{i}_{axis}", torch.from_numpy(gaussian_kernels(s)).float(), persistent=False)
-        for i, sigma in enumerate(self.context):
+        for i, sigma in enumerate(self.context_sigmas):
             for axis, s in enumerate(sigma):
                 self.register_buffer(f"c{i}_{axis}", torch.from_numpy(gaussian_kernels(s)[:1]).float(), persistent=False)
 
     @property
     def features_per_channel(self) -> int:
         per_scale = features_per_scale(self.spatial_dims, self.hessian)
-        return 1 + per_scale * len(self.sigmas) + len(self.context)
+        return 1 + per_scale * len(self.sigmas) + len(self.context_sigmas)
 
     def level_mask(self, channels: int) -> np.ndarray:
         """(C·F,) bool: features that follow the intensity level (raw, smoothed), not its derivatives.
@@ -220,7 +220,7 @@ class FilterBank(nn.Module):
                     features += eigenvalues + [torch.zeros_like(smooth)] * (dims - len(eigenvalues))
             else:
                 features += [smooth] + [torch.zeros_like(smooth)] * (per_scale - 1)
-        for i, sigma in enumerate(self.context):
+        for i, sigma in enumerate(self.context_sigmas):
             smooth = _crop(flat, tuple(0 if r else h - _radius(s) for h, s, r in zip(halo, sigma, reflect)))
             for axis in range(dims):
                 if sigma[axis] > 0:

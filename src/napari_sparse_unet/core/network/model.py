@@ -144,15 +144,18 @@ class _DoubleConv(nn.Sequential):
         )
 
 
-class UNet(nn.Module):
-    """3-D (or 2-D) U-Net: (N, C_in, *spatial) -> logits (N, K, *spatial).
+class TwoExpertNetwork(nn.Module):
+    """Two experts on one filter bank: (N, C_in, *spatial) -> logits (N, K, *spatial).
 
-    As in Çiçek et al., each analysis level doubles its channels before
+    A fixed Gaussian filter bank (optional) feeds a 3-D (or 2-D) U-Net and a per-voxel
+    classifier (:class:`.voxel_head.VoxelHead`, optional); the model's probabilities are
+    the normalised product of theirs, and the U-Net's last layer starts at zero, so at
+    first they are the voxel head's.  The U-Net, as in Çiçek et al., doubles its channels before
     down-sampling (level ``i`` runs ``b·2^i`` then ``b·2^(i+1)`` channels),
     the synthesis path up-samples with transposed convolutions and
     concatenates the skip connection, and a 1×1×1 convolution gives the logits.
     The spatial size must be a multiple of ``config.size_multiple()``.
-    With a filter bank (``config.filter_sigmas``) the input is larger than the
+    With a filter bank (``config.sigmas``) the input is larger than the
     output by :attr:`input_halo` on each side.
     """
 
@@ -164,7 +167,7 @@ class UNet(nn.Module):
         conv, up_conv, pool, _, batch_norm = _layers(dims)
         self.filters: FilterBank | None = None
         in_ch = config.in_channels
-        if config.filter_sigmas:
+        if config.sigmas:
             self.filters = config.filter_bank()
             in_ch *= self.filters.features_per_channel
             # Running statistics, not per-patch ones: a voxel's features are scaled alike in every patch and tile.
@@ -191,17 +194,17 @@ class UNet(nn.Module):
             self.decoders.append(_DoubleConv(dims, norm, 2 * skip, skip, skip, kernels[level]))
             in_ch = skip
         self.head = conv(in_ch, config.num_classes, 1)
-        if config.voxel_head:
+        if config.voxel_head_width:
             # Logits start at zero: the product of the two experts' probabilities then equals
             # the voxel head's until the U-Net has learned something, so the model does not
             # get worse when the U-Net joins the trained voxel head.
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
         self.voxel_head: VoxelHead | None = None
-        if config.voxel_head:
+        if config.voxel_head_width:
             assert self.filters is not None  # ModelConfig checks it
             features = config.in_channels * self.filters.features_per_channel
-            self.voxel_head = VoxelHead(features, config.voxel_head, config.num_classes)
+            self.voxel_head = VoxelHead(features, config.voxel_head_width, config.num_classes)
 
     @property
     def input_halo(self) -> tuple[int, ...]:
@@ -251,7 +254,7 @@ class UNet(nn.Module):
 
 
 @torch.no_grad()
-def fold_batch_norms(network: UNet) -> UNet:
+def fold_batch_norms(network: TwoExpertNetwork) -> TwoExpertNetwork:
     """``network`` (in eval mode) with its batch normalisations folded into the convolutions beside them.
 
     A batch norm with running statistics is an affine map per channel: after a
@@ -283,6 +286,6 @@ def fold_batch_norms(network: UNet) -> UNet:
     return network
 
 
-def build_model(config: ModelConfig) -> UNet:
+def build_model(config: ModelConfig) -> TwoExpertNetwork:
     """A freshly initialised U-Net for ``config``."""
-    return UNet(config)
+    return TwoExpertNetwork(config)

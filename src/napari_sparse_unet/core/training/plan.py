@@ -60,12 +60,12 @@ def plan_model(
         base_channels=config.base_channels,
         norm=config.norm,
         conv_kernels=conv_kernels,
-        filter_sigmas=axis_sigmas(config.filter_scales, spacing, dims),
-        context_sigmas=axis_sigmas(config.context_scales, spacing, dims) if config.filter_scales else (),
+        sigmas=axis_sigmas(config.sigmas, spacing, dims),
+        context_sigmas=axis_sigmas(config.context_sigmas, spacing, dims) if config.sigmas else (),
         widths=None if config.channel_growth is None else tuple(
             int(round(config.base_channels * config.channel_growth**level)) for level in range(config.depth + 1)
         ),
-        voxel_head=config.voxel_head if config.filter_scales else 0,
+        voxel_head_width=config.voxel_head_width if config.sigmas else 0,
         filter_hessian=config.filter_hessian,
     )
 

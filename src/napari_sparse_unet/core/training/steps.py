@@ -43,7 +43,7 @@ class Steps:
         device, network = self.device, self.network
         if head_only:
             # The per-voxel classifier alone first: thousands of painted voxels a step, milliseconds each.
-            # The U-Net's logits are still zero (model.UNet), so the model's probabilities are the head's.
+            # The U-Net's logits are still zero (model.TwoExpertNetwork), so the model's probabilities are the head's.
             assert self.voxel_batches is not None
             with autocast(device, self.amp_dtype):
                 loss, shown, shown_target = self.voxel_batches()

@@ -111,7 +111,7 @@ class TrainingData:
     def _set_targets(self, targets: list[np.ndarray]) -> None:
         """Volumes and painted-voxel rows for ``targets`` (class index per voxel, -1 unpainted)."""
         self.voxel_rows: tuple[np.ndarray, np.ndarray] | None = None
-        if self.model_config.voxel_head:
+        if self.model_config.voxel_head_width:
             self.voxel_rows = painted_feature_rows(
                 self._images, targets, None if self.features else self._bank, self.normalization.apply,
                 MAX_VOXEL_ROWS, np.random.default_rng(self.config.seed + self.version),
