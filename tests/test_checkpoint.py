@@ -118,14 +118,16 @@ def test_a_checkpoint_saved_before_the_lab_settings_left_still_loads_and_predict
     average_weights, top_kernel, max_class_weight, elastic); the .npy beside it is its float32 prediction then."""
     import dataclasses
 
-    from napari_sparse_unet.core.config import REMOVED_TRAIN_SETTINGS, PredictConfig
+    from napari_sparse_unet.core.config import RENAMED_TRAIN_SETTINGS, REMOVED_TRAIN_SETTINGS, PredictConfig
     from napari_sparse_unet.core.generators import run_to_end
     from napari_sparse_unet.jobs import PredictJob
 
     data = pathlib.Path(__file__).parent / "data"
     saved = torch.load(data / "checkpoint_c4c448c.pt", map_location="cpu", weights_only=False)
     assert {"voxel_swap", "average_weights", "top_kernel", "max_class_weight", "elastic"} <= set(saved["train_config"])
-    assert set(saved["train_config"]) - {f.name for f in dataclasses.fields(TrainConfig)} <= REMOVED_TRAIN_SETTINGS
+    unknown = set(saved["train_config"]) - {f.name for f in dataclasses.fields(TrainConfig)}
+    assert unknown <= REMOVED_TRAIN_SETTINGS | set(RENAMED_TRAIN_SETTINGS)
+    assert {"filter_scales", "context_scales", "voxel_head"} <= unknown  # saved under their old names
 
     model = SegmentationModel.load(data / "checkpoint_c4c448c.pt")
     assert model.class_names == ("background", "ball", "box") and model.spacing == (2.0, 1.0, 1.0)

@@ -20,7 +20,7 @@ from napari_sparse_unet.core.network.model import build_model
 from napari_sparse_unet.core.prediction.predict import predict
 from napari_sparse_unet.core.training.train import Trainer
 
-# The sample's defaults in small: a voxel head on the filter bank, the U-Net joining after at least half the steps.
+# The sample's defaults in small: a voxel head on the filter bank, the U-Net joining at half the steps.
 SMALL = TrainConfig(
     max_steps=60, batch_size=2, base_channels=4, depth=2, validation=False, voxel_warmup=0.5,
     patch_size=(8, 32, 32), voxel_batch=2048, seed=0, num_threads=1,

@@ -215,7 +215,7 @@ class TrainConfig:
     plane_patch_depth: int = 8
     voxel_head_width: int = 64
     voxel_batch: int = 8192
-    voxel_warmup: float = 0.1  # the voxel head trains alone for at least this share of the budget (core.warmup)
+    voxel_warmup: float = 0.1  # the voxel head trains alone for this share of the budget
     dice_weight: float = 1.0
     augment: bool = True
     intensity_augment: float = 0.3

@@ -35,7 +35,6 @@ from ..rules import check_spacing, check_training_pair, finetune_problem, painte
 from .sampling import PatchSampler
 from .steps import Steps, parameter_groups
 from .training_data import TrainingData, VoxelBatches
-from .warmup import HeadWarmup
 
 @dataclass(frozen=True)
 class TrainEvent:
@@ -135,7 +134,7 @@ class Trainer:
         self._initial = initial
         self._best = BestWeights(self._model_from_state)
         self._network: torch.nn.Module | None = None
-        # The step at which the U-Net joined the voxel head (core.warmup); None while the head trains alone.
+        # The step at which the U-Net joined the voxel head; None while the head trains alone.
         self.unet_joined_at: int | None = None
         self._history: dict[str, Any] = {}
 
@@ -214,8 +213,8 @@ class Trainer:
         version = self.data.version
         # The voxel head alone first gives a model within seconds while the U-Net is untrained;
         # a model being fine-tuned has both experts trained already.
-        warmup = HeadWarmup(config.voxel_warmup if self._initial is None and steps.voxel_batches is not None else 0.0)
-        self.unet_joined_at = 0 if warmup.joined else None
+        head_warmup = config.voxel_warmup if self._initial is None and steps.voxel_batches is not None else 0.0
+        self.unet_joined_at = 0 if head_warmup <= 0 else None
         optimizer = torch.optim.AdamW(parameter_groups(network), lr=config.learning_rate, weight_decay=config.weight_decay)
         # float16 needs loss scaling against underflow; bfloat16 has float32's range.
         scaler = torch.amp.GradScaler(steps.device.type, enabled=steps.amp_dtype == torch.float16)
@@ -239,12 +238,10 @@ class Trainer:
                     version = self.data.version
                     steps.sampler, steps.weights, steps.voxel_batches = self._batches(network, steps.device, rng, fit_bins=False)
                 optimizer.zero_grad(set_to_none=True)
-                head_alone = warmup.head_alone(progress)
+                head_alone = steps.voxel_batches is not None and progress < head_warmup
                 if not head_alone and self.unet_joined_at is None:
                     self.unet_joined_at = step
                 loss, shown, shown_target = steps.loss(head_only=head_alone)
-                if head_alone:
-                    warmup.add(float(loss.detach()))
                 loss_value = float(loss.detach())
                 fit_counts.add(shown, shown_target)
                 if not math.isfinite(loss_value):
