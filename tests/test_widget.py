@@ -288,6 +288,25 @@ def test_one_job_at_a_time_through_one_runner(viewer_widget, qtbot):
     assert widget.training.train_button.isEnabled() and widget.model is not None
 
 
+def test_a_runtime_error_in_a_job_reaches_the_user_and_frees_the_widget(viewer_widget, qtbot):
+    # superqt's generator worker only warns about a RuntimeError (torch's out-of-memory and shape
+    # errors) and never reports the job finished: the runner must turn it into a failure.
+    from napari_sparse_unet.jobs import Job
+
+    class Failing(Job):
+        def _work(self):
+            yield "started"
+            raise RuntimeError("out of memory")
+
+    _, widget = viewer_widget
+    failures = []
+    assert widget.runner.start(Failing(), yielded=lambda _: None, returned=lambda _: None, failed=failures.append,
+                               aborted=lambda: None)
+    wait_idle(qtbot, widget)
+    assert failures == ["RuntimeError: out of memory"]
+    assert widget.training.train_button.isEnabled()
+
+
 def test_bad_input_is_refused_on_the_main_thread(viewer_widget):
     viewer, widget = viewer_widget
     before = len(_notifications())

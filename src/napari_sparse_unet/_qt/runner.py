@@ -28,9 +28,20 @@ from ..jobs import Job
 START_STEP_MS = 25
 
 
+class JobError(Exception):
+    """A ``RuntimeError`` raised by a job, under another type.
+
+    superqt's generator worker takes a ``RuntimeError`` for a deleted worker: it only
+    warns and never reports the job finished.  torch raises ``RuntimeError`` for
+    out-of-memory and shape errors, which must reach the user like any other failure.
+    """
+
+
 def error_message(error: BaseException) -> str:
     """The user's mistake as its message; anything else as a bug, with the exception's type."""
-    return str(error) if isinstance(error, UserInputError) else f"{type(error).__name__}: {error}"
+    if isinstance(error, UserInputError | JobError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 class _Current:
@@ -201,4 +212,7 @@ class JobRunner(QObject):
 
 def _pass_through(generator: Generator[Any, None, Any]) -> Generator[Any, None, Any]:
     """The worker's function: the runner keeps ``generator`` to close it when the worker is cancelled."""
-    return (yield from generator)
+    try:
+        return (yield from generator)
+    except RuntimeError as error:
+        raise JobError(f"{type(error).__name__}: {error}") from error
