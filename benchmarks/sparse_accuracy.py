@@ -47,8 +47,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results" / "accuracy"
 QUICK_DIR = HERE / "results" / "accuracy_quick"
 SEEDS_DIR = HERE / "results" / "accuracy_seeds"  # runs with --seed N != 0, one folder per seed
+PRESETS_DIR = HERE / "results" / "accuracy_presets"  # --cpu-steps runs of other presets, one folder per preset
 SECTION = "sparse-accuracy"
 SEED_SECTION = "accuracy-seeds"
+PRESET_SECTION = "preset-steps"
 
 # name: (short alias, k spread over three axes too?, crop for --quick)
 VOLUMES: dict[str, tuple[str, bool, tuple[int, int, int]]] = {
@@ -104,8 +106,10 @@ def run_rf(train_image, annotation, predict_image, spacing, args) -> dict:
     }
 
 
-def run_unet(train_image, annotation, predict_image, spacing, args, checkpoints=(), score_fn=None, budget=None) -> dict:
-    """Train with the CPU preset for ``budget`` (default ``args.budget``) s; optionally score snapshots at ``checkpoints`` s."""
+def run_unet(train_image, annotation, predict_image, spacing, args, checkpoints=(), score_fn=None, budget=None,
+             steps=None) -> dict:
+    """Train ``args.preset`` for ``budget`` (default ``args.budget``) s, or for ``steps`` steps with no time limit;
+    optionally score snapshots at ``checkpoints`` s."""
     import torch
 
     from napari_sparse_unet.core.config import PRESETS, PredictConfig
@@ -115,6 +119,8 @@ def run_unet(train_image, annotation, predict_image, spacing, args, checkpoints=
     budget = float(args.budget if budget is None else budget)
     config = dataclasses.replace(PRESETS[args.preset], max_time=budget, seed=args.seed,
                                  num_threads=args.threads)
+    if steps is not None:
+        config = dataclasses.replace(config, max_steps=int(steps), max_time=None)
     start = time.perf_counter()
     trainer = Trainer(images=[train_image], annotations=[annotation], config=config, spacing=spacing)
     pending = sorted(c for c in checkpoints if c < budget)
@@ -156,7 +162,8 @@ def run_unet(train_image, annotation, predict_image, spacing, args, checkpoints=
         "device": str(trainer.device),
         "threads": torch.get_num_threads(),
         "checkpoints": curve,
-        "details": {"preset": args.preset, "budget": budget, "steps": last.step if last else 0,
+        "details": {"preset": args.preset, "budget": config.max_time, "steps": last.step if last else 0,
+                    "batch_size": config.batch_size,
                     "final_loss": last.loss if last else None, "patch_size": list(trainer.patch_size),
                     "pool_factors": [list(f) for f in trainer.model_config.pool_factors],
                     "validation": history},
@@ -184,7 +191,10 @@ def run_spec(spec: Spec, volume: protocol.Volume, args) -> dict:
         return protocol.score(truth, prediction_gt, volume.num_classes, mask)
 
     load = os.getloadavg()
-    if spec.method == "rf":
+    if spec.method == "unet" and args.cpu_steps:
+        steps = cpu_preset_steps(spec, labels.shape)
+        out = run_unet(train_image, annotation, predict_image, volume.spacing, args, steps=steps)
+    elif spec.method == "rf":
         out = run_rf(train_image, annotation, None if spec.setting == "semi" else predict_image, volume.spacing, args)
     else:
         # One Dice-against-time curve per volume: the largest k along z.
@@ -234,6 +244,14 @@ def run_spec(spec: Spec, volume: protocol.Volume, args) -> dict:
             record["dice_on"][protocol.plan_name(sparse_plan)] = protocol.score(
                 truth, prediction, volume.num_classes, sparse_mask).to_dict()
     return record
+
+
+def cpu_preset_steps(spec: Spec, shape: Sequence[int]) -> int:
+    """Steps the CPU preset's headline run made on the same volume and annotation (its JSON must exist)."""
+    path = RESULTS_DIR / spec.file_name(shape)
+    if not path.exists():
+        raise FileNotFoundError(f"{path.name}: run the CPU preset first; --cpu-steps repeats its step count")
+    return int(json.loads(path.read_text())["details"]["steps"])
 
 
 def sparse_layouts(volume: str, args, settings: Sequence[str] | None = None) -> list[tuple[int, ...]]:
@@ -553,6 +571,33 @@ def seed_report(seeds: dict[int, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def preset_steps_report() -> str:
+    """Each preset's --cpu-steps runs next to the CPU preset's headline run with the same steps."""
+    lines = [
+        "Other presets trained for exactly the steps the CPU preset made in its 180 s headline run "
+        "(`sparse_accuracy.py --preset P --cpu-steps`, no time limit), scored like the headline runs. "
+        "A GPU makes at least those steps in its preset's budget, so this is what a GPU user gets at least.",
+        "",
+        "| volume | annotation | preset | steps | patch × batch | mean fg Dice | CPU preset Dice | difference | s / step |"
+        " device × threads | load | date |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    cpu = {(r["volume"], r["setting"], r["annotation"]): r for r in load_records(RESULTS_DIR) if r["method"] == "unet"}
+    for folder in sorted(p for p in PRESETS_DIR.glob("*") if p.is_dir()):
+        for r in load_records(folder):
+            base = cpu.get((r["volume"], r["setting"], r["annotation"]))
+            d = r["details"]
+            base_dice = base["mean_fg_dice"] if base else None
+            diff = f"{r['mean_fg_dice'] - base_dice:+.3f}" if base_dice is not None else "–"
+            lines.append(
+                f"| {r['volume']} | {r['annotation']} | {d['preset']} | {d['steps']} | "
+                f"{'×'.join(map(str, d['patch_size']))} × {d.get('batch_size', '?')} | **{fmt(r['mean_fg_dice'])}** | "
+                f"{fmt(base_dice)} | {diff} | {r['train_seconds'] / max(d['steps'], 1):.2f} | "
+                f"{r['device']} × {r.get('threads', '?')} | {r['loadavg_after'][0]:.1f} | {r['date'][:10]} |")
+    machines = sorted({r["machine"] for f in PRESETS_DIR.glob("*") for r in load_records(f)})
+    return "\n".join(lines + ["", "Machine(s): " + "; ".join(machines)])
+
+
 def parse_args(argv=None):
     aliases = {alias: name for name, (alias, _, _) in VOLUMES.items()}
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -568,6 +613,9 @@ def parse_args(argv=None):
     p.add_argument("--short-budget", type=float, default=None,
                    help="also train the k=5 z run with this many seconds, a run of its own (default 30, --quick 0)")
     p.add_argument("--preset", default="cpu")
+    p.add_argument("--cpu-steps", action="store_true",
+                   help="train the U-Net for the steps the CPU preset's headline run made (no time limit); results "
+                        "in results/accuracy_presets/PRESET: a GPU preset compared with the CPU one step for step")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     # Capping each tree's bootstrap sample only matters for EM (0.8-1.3 M painted voxels); on a 30x256x256 EM crop
     # at k=5 (330 k painted) membrane Dice was 0.7256 with 30 k and 0.7248 with 100 k per tree, at 1/4 of the fit time.
@@ -597,7 +645,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    folder = QUICK_DIR if args.quick else RESULTS_DIR if args.seed == 0 else SEEDS_DIR / f"seed{args.seed}"
+    if args.cpu_steps:
+        folder = PRESETS_DIR / args.preset
+    else:
+        folder = QUICK_DIR if args.quick else RESULTS_DIR if args.seed == 0 else SEEDS_DIR / f"seed{args.seed}"
     folder.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         for name in args.volumes:
@@ -623,7 +674,10 @@ def main(argv=None) -> int:
                       f"train {record['train_seconds']:.1f} s  predict {record['predict_seconds']:.1f} s", flush=True)
     if args.plan:
         return 0
-    if args.seed != 0 and not args.quick:
+    if args.cpu_steps:
+        text = preset_steps_report()
+        write_section(PRESET_SECTION, text)
+    elif args.seed != 0 and not args.quick:
         text = seed_report(seed_records())
         write_section(SEED_SECTION, text)
     else:
