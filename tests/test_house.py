@@ -131,3 +131,16 @@ def test_imports_point_one_way(layer, forbidden):
         if any(target == f"{NAME}.{f}" or target.startswith(f"{NAME}.{f}.") for f in forbidden)
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_one_way_to_start_background_work():
+    # Worker threads of the widget start in its JobRunner only, so one object knows what runs.
+    starters = ("create_worker", "thread_worker", "QThread", "threading.Thread")
+    elsewhere = [
+        f"{name}: {word}"
+        for name, path in MODULES.items()
+        if name != f"{NAME}._qt.runner"
+        for word in starters
+        if word in path.read_text(encoding="utf-8")
+    ]
+    assert not elsewhere, "background work started outside _qt/runner.py:\n" + "\n".join(elsewhere)

@@ -1,7 +1,8 @@
 """One object owns the running job: its start, its worker thread, stopping it, and shutting down.
 
 Every piece of background work of the widget (training, prediction, export) is a
-job started here, one at a time.  The job (``jobs``) is a generator; napari's
+job started here, one at a time; short preparations nobody asked for (finding the
+devices) run here too, beside the jobs.  The job (``jobs``) is a generator; napari's
 ``create_worker`` runs it in a thread and delivers its events to handlers on the
 main thread.  Stopping asks
 the job to end at its next step; a worker cancelled from outside (napari's
@@ -145,6 +146,18 @@ class JobRunner(QObject):
             _start_thread=False,
         )
         self.worker.start()
+
+    def run_aside(
+        self, function: Callable[[], Any], *, returned: Callable[[Any], None], failed: Callable[[BaseException], None]
+    ) -> None:
+        """Run ``function`` in a worker thread beside the jobs, without making the runner busy.
+
+        For short preparations the user did not ask for (finding the devices, which
+        imports torch): a job may start while it runs.
+        """
+        from napari.qt.threading import create_worker
+
+        create_worker(function, _connect={"returned": returned, "errored": failed})
 
     def stop(self) -> None:
         """Ask the job to end at its next step; a stopped training keeps its best model."""

@@ -142,9 +142,7 @@ class SparseUNetWidget(QWidget):
         self._update_buttons()
 
     def _detect_devices(self) -> None:
-        from napari.qt.threading import create_worker
-
-        create_worker(_available_devices, _connect={"returned": self._on_devices, "errored": self._on_devices_failed})
+        self.runner.run_aside(_available_devices, returned=self._on_devices, failed=self._on_devices_failed)
 
     def _on_devices_failed(self, error: BaseException) -> None:
         self._on_devices(("cpu",))
