@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
+import napari_sparse_unet
 from napari_sparse_unet import io
 from napari_sparse_unet.cli import main
 
@@ -73,7 +74,8 @@ def test_python_dash_m_runs_the_cli_without_torch():
         "except SystemExit as e: print('exit', e.code, 'torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert "napari-sparse-unet" in result.stdout and "exit 0 False" in result.stdout, result.stdout + result.stderr
+    version = f"napari-sparse-unet {napari_sparse_unet.__version__}"  # the one version, as the metadata has it
+    assert version in result.stdout and "exit 0 False" in result.stdout, result.stdout + result.stderr
 
 
 def test_missing_command_or_bad_option_is_a_usage_error(capsys):

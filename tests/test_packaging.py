@@ -1,10 +1,11 @@
-"""Packaging: import hygiene, the napari manifest, entry points, dependencies, the wheel."""
+"""Packaging: import hygiene, the napari manifest, entry points, dependencies, metadata, the wheel."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
 import pkgutil
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ except ImportError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = Path(napari_sparse_unet.__file__).parent
+SOURCE_URL = "https://github.com/napari-sparse-unet/napari-sparse-unet"
 GUI_PREFIXES = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "superqt", "vispy")
 
 
@@ -35,6 +37,14 @@ def _modules_after_import(*modules: str) -> set[str]:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return set(result.stdout.split())
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _setuptools_major() -> int:
+    return int(importlib.metadata.version("setuptools").split(".")[0])
 
 
 def _core_modules() -> list[str]:
@@ -112,7 +122,7 @@ def test_entry_points_point_at_real_objects():
 
 
 def test_dependencies_are_ranges_without_a_qt_binding():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = _pyproject()["project"]
     base = project["dependencies"]
     names = {dep.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower() for dep in base}
     assert {"numpy", "torch", "napari", "magicgui", "qtpy", "tifffile"} <= names
@@ -128,7 +138,7 @@ def test_package_imports_only_declared_dependencies():
     """Every third-party module imported anywhere in the package is a declared dependency."""
     import ast
 
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = _pyproject()["project"]
     declared = " ".join(project["dependencies"] + [d for deps in project["optional-dependencies"].values() for d in deps])
     # import name -> distribution name, where they differ
     provided_by = {"yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn", "skimage": "scikit-image"}
@@ -148,13 +158,44 @@ def test_package_imports_only_declared_dependencies():
     assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"
 
 
+def test_version_is_written_once():
+    """The metadata reads __version__ (no second copy to forget); the changelog names it."""
+    pyproject = _pyproject()
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "napari_sparse_unet.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", napari_sparse_unet.__version__)
+    assert f"## {napari_sparse_unet.__version__}" in (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+
+
+def test_hub_metadata_links_classifiers_and_licence():
+    """What the napari hub and PyPI show: links, keywords, supported Pythons and systems, the licence."""
+    project = _pyproject()["project"]
+    urls = project["urls"]
+    assert urls["Source Code"] == SOURCE_URL
+    assert urls["Bug Tracker"] == f"{SOURCE_URL}/issues" and urls["Documentation"].startswith(SOURCE_URL)
+    assert all(url.startswith(SOURCE_URL) for url in urls.values()), urls
+    assert "napari" in project["keywords"] and len(project["description"]) < 200
+    classifiers = project["classifiers"]
+    assert "Framework :: napari" in classifiers
+    assert {c for c in classifiers if c.startswith("Operating System")} >= {
+        "Operating System :: POSIX :: Linux", "Operating System :: MacOS"
+    }
+    oldest = re.fullmatch(r">=(3\.\d+)", project["requires-python"]).group(1)
+    assert f"Programming Language :: Python :: {oldest}" in classifiers
+    # PEP 639: an SPDX expression and the licence file; a licence classifier beside them is an error.
+    assert project["license"] == "BSD-3-Clause" and project["license-files"] == ["LICENSE"]
+    assert not any(c.startswith("License ::") for c in classifiers)
+    licence = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert "napari-sparse-unet contributors" in licence and "Neither the name of the copyright holder" in licence
+
+
 @pytest.mark.slow
 def test_wheel_ships_the_manifest_as_a_file(tmp_path):
-    """A wheel (what PyPI users install) carries napari.yaml itself, not a link."""
+    """A wheel (what PyPI users install) carries napari.yaml itself, not a link, the licence and the version."""
     # Build from a copy, so the build leaves nothing in the working tree.
     source = tmp_path / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md", "napari.yaml"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "napari.yaml"):
         if (REPO / name).exists():
             shutil.copy(REPO / name, source / name, follow_symlinks=False)
     shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"), symlinks=True)
@@ -164,10 +205,16 @@ def test_wheel_ships_the_manifest_as_a_file(tmp_path):
     )
     if result.returncode != 0 and "setuptools" in result.stderr and "No module named" in result.stderr:
         pytest.skip("setuptools is not installed in this environment")
+    if result.returncode != 0 and "license" in result.stderr and _setuptools_major() < 77:
+        pytest.skip("this environment's setuptools predates the licence fields (build-system asks for >= 77)")
     assert result.returncode == 0, result.stderr
     wheel = next(tmp_path.glob("napari_sparse_unet-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         manifest = zf.read("napari_sparse_unet/napari.yaml").decode()
         entry_points = zf.read(next(n for n in zf.namelist() if n.endswith("entry_points.txt"))).decode()
+        metadata = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        licence = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/licenses/LICENSE"))).decode()
     assert manifest == (PACKAGE / "napari.yaml").read_text()
     assert "napari_sparse_unet:napari.yaml" in entry_points
+    assert f"\nVersion: {napari_sparse_unet.__version__}\n" in metadata
+    assert licence == (REPO / "LICENSE").read_text()
