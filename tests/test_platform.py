@@ -1,0 +1,118 @@
+"""What Windows and macOS users would hit first (issue 24), checked here by pretending to be them.
+
+Windows refuses to replace or delete a file another process holds open or maps; these tests make
+``os.replace`` refuse as Windows does and set ``sys.platform`` to see the code cope.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_sparse_unet import io
+from napari_sparse_unet.core import files
+from napari_sparse_unet.core.files import atomic_file
+
+REAL_REPLACE = os.replace
+
+
+def _listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+class Refusals:
+    """``os.replace`` into ``folder`` refusing with PermissionError the next ``left`` times, as Windows
+    does while a virus scanner holds the file (moves inside a zarr store, zarr's own, are left alone);
+    the waits between tries are recorded, not slept."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.left = 0
+        self.waits: list[float] = []
+
+    def replace(self, source, target) -> None:
+        if self.left and Path(target).parent == self.folder:
+            self.left -= 1
+            raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+        REAL_REPLACE(source, target)
+
+
+@pytest.fixture
+def refusals(monkeypatch, tmp_path) -> Refusals:
+    refusals = Refusals(tmp_path)
+    monkeypatch.setattr(os, "replace", refusals.replace)
+    monkeypatch.setattr(files.time, "sleep", refusals.waits.append)
+    return refusals
+
+
+@pytest.fixture
+def windows(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "win32")
+
+
+def test_windows_replace_is_tried_again_until_the_file_is_free(tmp_path, refusals, windows):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old")
+    refusals.left = 2
+    with atomic_file(target) as temp:
+        temp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and _listing(tmp_path) == ["model.pt"]
+    assert len(refusals.waits) == 2
+
+
+def test_windows_gives_up_after_a_few_seconds_and_keeps_the_old_file(tmp_path, refusals, windows):
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old")
+    refusals.left = 100
+    with pytest.raises(PermissionError):
+        with atomic_file(target) as temp:
+            temp.write_bytes(b"new")
+    assert target.read_bytes() == b"old" and _listing(tmp_path) == ["model.pt"]
+    assert 1 < sum(refusals.waits) < 10
+
+
+def test_elsewhere_a_refused_replace_is_a_real_error_reported_at_once(tmp_path, refusals, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    refusals.left = 1
+    with pytest.raises(PermissionError):
+        with atomic_file(tmp_path / "out.npy") as temp:
+            temp.write_bytes(b"new")
+    assert refusals.waits == [] and _listing(tmp_path) == []
+
+
+def test_a_zarr_output_replaces_the_old_folder_on_windows(tmp_path, refusals, windows):
+    pytest.importorskip("zarr")
+    target = tmp_path / "labels.zarr"
+    io.write_volume(target, np.zeros((2, 4, 4), np.uint8))
+    refusals.left = 2  # moving the old folder aside, then the new one into place
+    io.write_volume(target, np.ones((2, 4, 4), np.uint8))
+    assert (io.read_volume(target) == 1).all() and _listing(tmp_path) == ["labels.zarr"]
+
+
+def test_the_error_that_matters_survives_a_temporary_file_windows_cannot_delete(tmp_path, monkeypatch):
+    def locked(self, missing_ok=False):
+        raise PermissionError(13, "being used by another process")
+
+    with pytest.raises(ValueError, match="the prediction failed"):
+        with atomic_file(tmp_path / "out.tif"):
+            monkeypatch.setattr(type(tmp_path), "unlink", locked)
+            raise ValueError("the prediction failed")
+
+
+def test_npy_output_is_not_a_memory_map_on_windows(tmp_path, windows):
+    target = tmp_path / "labels.npy"
+    # The caller keeps its array after the block (cli/predict.py does): Windows could not move a mapped file.
+    with io.create_output(target, (3, 4, 5), np.uint8) as out:
+        out[1] = 7
+    assert not isinstance(out, np.memmap)
+    assert (np.load(target)[1] == 7).all() and _listing(tmp_path) == ["labels.npy"]
+
+
+def test_npy_output_still_streams_through_a_memory_map_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with io.create_output(tmp_path / "labels.npy", (3, 4, 5), np.uint8) as out:
+        assert isinstance(out, np.memmap)
