@@ -6,6 +6,7 @@ Windows refuses to replace or delete a file another process holds open or maps; 
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 from pathlib import Path
@@ -13,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import napari_sparse_unet
 from napari_sparse_unet import io
 from napari_sparse_unet.core import files
 from napari_sparse_unet.core.files import atomic_file
 
 REAL_REPLACE = os.replace
+PACKAGE = Path(napari_sparse_unet.__file__).parent
 
 
 def _listing(folder):
@@ -116,3 +119,32 @@ def test_npy_output_still_streams_through_a_memory_map_elsewhere(tmp_path, monke
     monkeypatch.setattr(sys, "platform", "darwin")
     with io.create_output(tmp_path / "labels.npy", (3, 4, 5), np.uint8) as out:
         assert isinstance(out, np.memmap)
+
+
+def _text_io_without_encoding(tree: ast.AST):
+    """Calls of open() in text mode, read_text() and write_text() that leave the encoding to the locale."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in ("read_text", "write_text"):
+            yield node
+        elif isinstance(func, ast.Name) and func.id == "open":
+            mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+            if not (isinstance(mode, ast.Constant) and "b" in mode.value):
+                yield node
+
+
+def test_text_files_are_read_and_written_as_utf8():
+    # Windows' locale encoding is cp1252 (or another code page), not UTF-8 as on Linux and macOS.
+    found = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in _text_io_without_encoding(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert found == []
+
+
+def test_the_encoding_check_finds_a_locale_dependent_call():
+    calls = "open(p, 'w')\nopen(p, 'rb')\np.read_text()\np.write_text(s, encoding='utf-8')\nopen(p, encoding='ascii')\n"
+    assert [node.lineno for node in _text_io_without_encoding(ast.parse(calls))] == [1, 3]
