@@ -46,6 +46,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def has_float64(device: torch.device) -> bool:
+    """Whether ``device`` computes in float64: Apple's MPS does not (moving a float64 tensor there fails)."""
+    return device.type != "mps"
+
+
 def available_devices() -> list[str]:
     """Device names usable on this machine (of :data:`~.rules.DEVICE_NAMES`), best first, for pickers."""
     usable = {"cuda": torch.cuda.is_available(), "mps": _mps_available(), "cpu": True}  # best first
