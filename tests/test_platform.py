@@ -148,3 +148,17 @@ def test_text_files_are_read_and_written_as_utf8():
 def test_the_encoding_check_finds_a_locale_dependent_call():
     calls = "open(p, 'w')\nopen(p, 'rb')\np.read_text()\np.write_text(s, encoding='utf-8')\nopen(p, encoding='ascii')\n"
     assert [node.lineno for node in _text_io_without_encoding(ast.parse(calls))] == [1, 3]
+
+
+def test_on_apple_gpus_the_network_runs_in_float32_and_batches_are_copied_before_they_are_freed(monkeypatch):
+    import torch
+
+    from napari_sparse_unet.core import device
+
+    mps, cuda = torch.device("mps"), torch.device("cuda")
+    monkeypatch.setattr(device.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "_mps_available", lambda: True)
+    assert device.resolve_device("auto") == mps and device.available_devices() == ["mps", "cpu"]
+    assert device.autocast_dtype(mps, True) is None and device.autocast_dtype(mps, True, training=True) is None
+    assert not device.has_float64(mps) and device.has_float64(cuda)
+    assert not device.non_blocking_copy(mps) and device.non_blocking_copy(cuda)
