@@ -135,7 +135,7 @@ def report(args: argparse.Namespace, result: Any, spatial: tuple[int, ...], top:
         from ..core.files import atomic_file
 
         with atomic_file(args.ranking_out) as temp:
-            Path(temp).write_text(ranking_csv(ranking, len(spatial)))
+            Path(temp).write_text(ranking_csv(ranking, len(spatial)), encoding="utf-8")
         written.append(args.ranking_out)
     sys.stdout.flush()
     return written

@@ -46,6 +46,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def has_float64(device: torch.device) -> bool:
+    """Whether ``device`` computes in float64: Apple's MPS does not (moving a float64 tensor there fails)."""
+    return device.type != "mps"
+
+
+def non_blocking_copy(device: torch.device) -> bool:
+    """Whether a copy from ordinary (pageable) CPU memory to ``device`` may be non-blocking: on CUDA
+    it may (the source is read before the call returns); MPS may read the source after it returns,
+    when a training batch's numpy array can already be freed: wrong values, silently
+    (pytorch/pytorch#189690, open with torch 2.13)."""
+    return device.type == "cuda"
+
+
 def available_devices() -> list[str]:
     """Device names usable on this machine (of :data:`~.rules.DEVICE_NAMES`), best first, for pickers."""
     usable = {"cuda": torch.cuda.is_available(), "mps": _mps_available(), "cpu": True}  # best first

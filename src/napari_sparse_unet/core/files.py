@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,23 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+
+# Windows refuses to replace a file that another process has open for a moment (a virus
+# scanner or the search indexer looking at the new file, a viewer reading the old one):
+# PermissionError, where POSIX would replace it. Waits between the tries, in seconds.
+WINDOWS_REPLACE_WAITS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+def replace_path(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """``os.replace``, tried again for a few seconds where Windows refuses it with PermissionError."""
+    waits = WINDOWS_REPLACE_WAITS if sys.platform == "win32" else ()
+    for wait in waits:
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            time.sleep(wait)
+    os.replace(source, target)
 
 
 def temporary_path_beside(target: Path, directory: bool = False) -> Path:
@@ -43,7 +62,9 @@ def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     temp = temporary_path_beside(target)
     try:
         yield temp
-        os.replace(temp, target)
+        replace_path(temp, target)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        # Windows cannot delete a file still open or mapped: the error that matters is the one raised.
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
         raise

@@ -1,12 +1,13 @@
 """Outputs written while a prediction runs: an array that becomes a volume file when complete.
 
-zarr and .npy targets stream to disk slab by slab; other formats are held in memory and
+zarr and .npy targets (on Windows, zarr only) stream to disk slab by slab; other formats are held in memory and
 written at the end.  Arrays are in napari's axis order, (Z, Y, X) or (C, Z, Y, X).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,9 @@ def create_output(
 ) -> Iterator[Any]:
     """Yield a writable array of ``shape`` that becomes the file ``path`` when the block ends.
 
-    zarr targets get a zarr array chunked along Z and .npy targets a memory map, so a
-    prediction written slab by slab streams to disk; TIFF and NIfTI are held in memory
-    and written at the end.  Nothing appears at ``path`` unless the block succeeds.
+    zarr targets get a zarr array chunked along Z and .npy targets a memory map (except
+    on Windows), so a prediction written slab by slab streams to disk; TIFF and NIfTI
+    are held in memory and written at the end.  Nothing appears at ``path`` unless the block succeeds.
     """
     path = Path(path)
     fmt = volume_format(path)
@@ -41,7 +42,8 @@ def create_output(
         spacing, _ = _resolve_geometry(like, spacing)
         with zarr_output(path, shape, dtype, spacing) as out:
             yield out
-    elif fmt == "npy":
+    elif fmt == "npy" and sys.platform != "win32":
+        # Not on Windows: it cannot move a file that the caller's array still maps into place.
         with atomic_file(path) as temp:
             out = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=shape)
             yield out

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.errors import VolumeIOError
-from ..core.files import atomic_file, temporary_path_beside
+from ..core.files import atomic_file, replace_path, temporary_path_beside
 
 if TYPE_CHECKING:
     from .formats import Volume
@@ -253,8 +253,8 @@ def _replace_dir(source: Path, target: Path) -> None:
     if target.exists() or target.is_symlink():
         old = temporary_path_beside(target, directory=True)
         old.rmdir()
-        os.replace(target, old)
-    os.replace(source, target)
+        replace_path(target, old)
+    replace_path(source, target)
     if old is not None:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)

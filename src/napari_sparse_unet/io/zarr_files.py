@@ -179,7 +179,7 @@ def create_block_output(
     plan = json.loads(json.dumps(plan))  # tuples -> lists, as read back
     prob_folder = partial_path(probabilities) if probabilities is not None else None
     if resume and (markers / PLAN).is_file() and (prob_folder is None or prob_folder.is_dir()):
-        saved = json.loads((markers / PLAN).read_text())
+        saved = json.loads((markers / PLAN).read_text(encoding="utf-8"))
         if saved != plan:
             changed = sorted(k for k in set(saved) | set(plan) if saved.get(k) != plan.get(k))
             raise VolumeIOError(
@@ -205,7 +205,7 @@ def create_block_output(
         if source.spacing is not None:
             probs.attrs["spacing"] = list(source.spacing)
     markers.mkdir()
-    (markers / PLAN).write_text(json.dumps(plan, indent=1))
+    (markers / PLAN).write_text(json.dumps(plan, indent=1), encoding="utf-8")
     return BlockOutput(target, labels, probs, Path(probabilities) if probabilities else None, markers)
 
 

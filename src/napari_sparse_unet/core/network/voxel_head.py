@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import has_float64
 from .filters import FilterBank, filter_slab
 
 # Voxels classified at a time in prediction: their table indices and weights are (4 + 8)·F bytes each.
@@ -227,10 +228,11 @@ class KnotTable:
     def _bfloat16_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and fraction (F·65536,) of every bfloat16 value of every feature, by its bits as int16 + 32768."""
         features = self.knots.shape[0]
-        values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+        device = self.knots.device
+        values = torch.arange(-32768, 32768, dtype=torch.int32, device=device).to(torch.int16).view(torch.bfloat16).float()
         values = values.expand(features, -1)
         # Most bfloat16 values lie beyond the knots, where the layer is that of the nearest end: search the rest.
-        everyone = torch.arange(features)
+        everyone = torch.arange(features, device=device)
         rows, fractions = (t[:, None].repeat(1, 65536) for t in self._search(self.knots[:, 0], everyone))
         high = values >= self.knots[:, -1:]
         rows[high], fractions[high] = (t[:, None].expand(-1, 65536)[high] for t in self._search(self.knots[:, -1], everyone))
@@ -241,24 +243,29 @@ class KnotTable:
         return rows.reshape(-1).int(), fractions.reshape(-1)  # int32: half the bytes to gather
 
     def _search(self, value: torch.Tensor, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row and fraction of values (n,) of features (n,) within the knots' range, by binary search."""
-        features, segments = self.knots.shape[0], self.knots.shape[1] - 1
-        inner = self.knots[:, 1:-1]
+        """Row and fraction of values (n,) of features (n,) within the knots' range, by binary search
+        (in float64: on the CPU where the device has none, Apple's MPS)."""
+        device, knots = value.device, self.knots
+        if not has_float64(device):
+            knots, value, feature = knots.cpu(), value.cpu(), feature.cpu()
+        features, segments = knots.shape[0], knots.shape[1] - 1
+        inner = knots[:, 1:-1]
         # One search over every feature's inner knots, each feature shifted past the one before.
-        span = float((self.knots[:, -1] - self.knots[:, 0]).abs().max()) + float(self.knots.abs().max()) + 1.0
+        span = float((knots[:, -1] - knots[:, 0]).abs().max()) + float(knots.abs().max()) + 1.0
         offset = torch.arange(features, dtype=torch.float64, device=value.device) * (4 * span)
         keys = (inner.double() + offset[:, None]).reshape(-1)
         found = torch.searchsorted(keys, value.double() + offset[feature], right=True) - feature * inner.shape[1]
         found.clamp_(0, segments - 1)  # NaN is searched past the end: any row, its fraction stays NaN
-        knots = self.knots
         length = knots[feature, found + 1] - knots[feature, found]
         part = torch.where(length > 0, (value - knots[feature, found]) / length.clamp_min(1e-30), torch.zeros_like(value))
-        return found + feature * segments, part.clamp_(0.0, 1.0)
+        return (found + feature * segments).to(device), part.clamp_(0.0, 1.0).to(device)
 
 
 def _segment_grid(knots: torch.Tensor) -> dict[str, torch.Tensor]:
     """The grid of :class:`KnotTable`: a cell is marked -1 when an inner knot lies in it or within 1 % of a cell of it,
-    so a value rounded into a neighbouring cell is never given the wrong segment."""
+    so a value rounded into a neighbouring cell is never given the wrong segment.  Worked out in float64 on
+    the CPU (once per model: Apple's MPS has no float64), returned on ``knots``' device."""
+    device, knots = knots.device, knots.cpu()
     features, segments = knots.shape[0], knots.shape[1] - 1
     low, high = knots[:, :1].double(), knots[:, -1:].double()
     span = (high - low).clamp_min(1e-30)
@@ -280,13 +287,14 @@ def _segment_grid(knots: torch.Tensor) -> dict[str, torch.Tensor]:
     slope = (inverse / cells_per_unit).gather(1, below)
     intercept = ((low - k[:, :-1]) * inverse).gather(1, below)
     row = torch.where(near, torch.full_like(below, -1), below + torch.arange(features)[:, None] * segments)
-    return {
+    grid = {
         "scale": cells_per_unit.float().T.contiguous(),
         "shift": (-low * cells_per_unit).float().T.contiguous(),
         "cell_row": row.reshape(-1).contiguous(),
         "cell_slope": slope.float().reshape(-1).contiguous(),
         "cell_intercept": intercept.float().reshape(-1).contiguous(),
     }
+    return {name: tensor.to(device) for name, tensor in grid.items()}
 
 
 def balanced_quantiles(values: np.ndarray, classes: np.ndarray, levels: np.ndarray, max_rows: int = 1 << 18) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..device import autocast
+from ..device import autocast, non_blocking_copy
 from .losses import sparse_segmentation_loss
 from .sampling import PatchSampler
 from .training_data import VoxelBatches
@@ -49,8 +49,9 @@ class Steps:
                 loss, shown, shown_target = self.voxel_batches()
             return loss, shown.detach(), shown_target
         x, y = self.sampler.batch(self.batch_size)
-        x_t = torch.from_numpy(x).to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        y_t = torch.from_numpy(y).to(device, non_blocking=True)
+        non_blocking = non_blocking_copy(device)
+        x_t = torch.from_numpy(x).to(device, non_blocking=non_blocking).contiguous(memory_format=self.memory_format)
+        y_t = torch.from_numpy(y).to(device, non_blocking=non_blocking)
         with autocast(device, self.amp_dtype):
             features = x_t if self.features or network.filters is None else network.filters(x_t)
             logits = network.classify(features)

@@ -114,7 +114,7 @@ class TrainingLog:
 
 def write_csv(path: str | os.PathLike[str], rows: Iterable[Sequence[float]]) -> None:
     """Rows as CSV with a header of :data:`~.curves.COLUMNS`; NaN as an empty field; written atomically."""
-    with atomic_file(path) as temporary, open(temporary, "w", newline="") as handle:
+    with atomic_file(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
         out = csv.writer(handle)
         out.writerow(COLUMNS)
         for row in rows:
