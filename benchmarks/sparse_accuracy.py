@@ -574,9 +574,13 @@ def seed_report(seeds: dict[int, list[dict]]) -> str:
 def preset_steps_report() -> str:
     """Each preset's --cpu-steps runs next to the CPU preset's headline run with the same steps."""
     lines = [
+        "## Presets step for step (`benchmarks/sparse_accuracy.py --cpu-steps`)",
+        "",
         "Other presets trained for exactly the steps the CPU preset made in its 180 s headline run "
         "(`sparse_accuracy.py --preset P --cpu-steps`, no time limit), scored like the headline runs. "
-        "A GPU makes at least those steps in its preset's budget, so this is what a GPU user gets at least.",
+        "A GPU makes at least those steps in its preset's budget, so this is what a GPU user gets at least. "
+        "Seconds per step are wall time and depend on the load (1-minute load after the run in the table): "
+        "the first figure to compare a GPU run with.",
         "",
         "| volume | annotation | preset | steps | patch × batch | mean fg Dice | CPU preset Dice | difference | s / step |"
         " device × threads | load | date |",

@@ -74,6 +74,9 @@ def test_tests_run_on_three_systems_for_the_oldest_and_newest_python():
     as_tuples = sorted(tuple(map(int, version.split("."))) for version in versions)
     assert ".".join(map(str, as_tuples[0])) == _oldest_python()
     assert as_tuples[-1] >= (3, 13), "the newest Python with torch and napari wheels"
+    # The hub page promises what CI tests: the newest tested Python is a classifier.
+    newest = ".".join(map(str, as_tuples[-1]))
+    assert f'"Programming Language :: Python :: {newest}"' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
 
 
 def test_tests_install_cpu_torch_first_and_run_pytest_under_a_virtual_display():
