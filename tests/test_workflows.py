@@ -114,3 +114,13 @@ def test_releasing_says_how_in_five_lines():
     steps = [line for line in releasing.splitlines() if re.match(r"\d+\. ", line)]
     assert len(steps) == 5, steps
     assert "CHANGELOG.md" in releasing and "release.yml" in releasing
+
+
+def test_the_release_checks_the_tag_against_the_one_written_version():
+    # pyproject.toml's version is dynamic (read from __version__): the release compares the tag with the built files.
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'dynamic\s*=\s*\[[^]]*"version"', pyproject)
+    release = (REPO / ".github" / "workflows" / "release.yml").read_text(encoding="utf-8")
+    assert '["project"]["version"]' not in release
+    assert "GITHUB_REF_NAME" in release and "dist/napari_sparse_unet-$version" in release
+    assert "__init__.py" in (REPO / "RELEASING.md").read_text(encoding="utf-8")
