@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.checkpoint import SegmentationModel
-from ..core.network.model import PlanewiseConv3d
+from ..core.network.model import PlanewiseConv3d, fold_batch_norms
 from ..core.rules import image_for_model
 
 # Largest test input per axis (voxels): big enough to show the model working, small enough for a zip.
@@ -93,12 +93,13 @@ class PackagedNetwork(nn.Module):
 
 
 def _plain_convolutions(network: nn.Module) -> nn.Module:
-    """A copy (CPU, eval) whose plane-wise 3-D convolutions are plain ``Conv3d``, the same function on every device.
+    """A copy (CPU, eval) whose plane-wise 3-D convolutions are plain ``Conv3d``, the same function on every device,
+    with its batch norms folded into the convolutions as prediction folds them (a map fewer per layer).
 
     :class:`PlanewiseConv3d` only changes how the CPU computes a 3-D convolution; a
     traced graph would freeze its CPU branch for GPU consumers too.
     """
-    network = copy.deepcopy(network).cpu().eval()
+    network = fold_batch_norms(copy.deepcopy(network).cpu().eval())
     for module in network.modules():
         if isinstance(module, PlanewiseConv3d):
             module.__class__ = nn.Conv3d

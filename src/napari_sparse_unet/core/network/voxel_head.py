@@ -30,8 +30,7 @@ from .filters import FilterBank, filter_slab
 
 # Voxels classified at a time in prediction: their table indices and weights are (4 + 8)·F bytes each.
 CHUNK_ROWS = 1 << 14
-# Pieces a traced head classifies its voxels in: a fixed count keeps the graph valid for any size,
-# and each piece's lookups (12·F bytes a voxel) stay a small part of the network's memory.
+# Pieces a traced head classifies its voxels in (a fixed count: the graph holds for any size).
 TRACED_SECTIONS = 32
 # Knot tables of recently used heads, by a digest of their weights; with its bfloat16 lookup
 # a table holds 8 bytes for each of 65536 values per feature (17 MB for 33 features).
@@ -273,9 +272,8 @@ class KnotTable:
 def _searched_logits() -> Any:
     """A TorchScript function: logits (M, K) of feature columns (F, M) in ``sections`` pieces, one after another.
 
-    The first layer as :meth:`VoxelHead._first_layer` gives it, each value's segment found by a
-    search (no branch on the data), then the other two layers.  Scripted, the loop stays a loop
-    in a traced graph: one piece's lookups (12·F bytes a voxel) are alive at a time.
+    The first layer of :meth:`VoxelHead._first_layer`, each segment found by a search (no branch on the data),
+    then the other two.  Scripted, the loop stays a loop in a trace: one piece's lookups are alive at a time.
     """
 
     def logits(columns: torch.Tensor, knots: torch.Tensor, start: torch.Tensor, change: torch.Tensor, bias: torch.Tensor,
