@@ -212,3 +212,49 @@ def test_two_channel_2d_model_round_trip(tmp_path, offline):
     with zipfile.ZipFile(tmp_path / "flat.zip") as archive:
         assert np.load(io_bytes(archive.read("test_input.npy"))).shape[:2] == (1, 2)
     np.testing.assert_array_equal(predict(SegmentationModel.load(tmp_path / "flat.zip"), image, EXACT), predict(model, image, EXACT))
+
+
+def _demo_model(spacing: tuple[float, float, float]) -> tuple[SegmentationModel, np.ndarray]:
+    """The CPU preset (the default network, filter bank and voxel head) trained 2 steps on the 16×64×64 sample, as ``demo``."""
+    import dataclasses
+
+    from napari_sparse_unet._sample_data import CLASS_NAMES, make_sample_volume
+    from napari_sparse_unet.core.config import PRESETS
+
+    image, _, annotation = make_sample_volume(shape=(16, 64, 64), seed=0)
+    names = [CLASS_NAMES[v - 1] for v in np.unique(annotation[annotation > 0])]
+    config = dataclasses.replace(PRESETS["cpu"], max_steps=2, max_time=None, device="cpu")
+    return train([image], [annotation], config, spacing=spacing, class_names=names), image
+
+
+def test_trace_of_a_demo_model_passes_its_check():
+    """The demo model of the bug report: the check compared the trace with the eager module, whose filter bank
+    (banded matrices) and voxel head (grid lookups) round differently, and stopped with 'trace differs'."""
+    from napari_sparse_unet._sample_data import SPACING
+
+    model, image = _demo_model(SPACING)
+    example = torch.from_numpy(bn.make_test_input(model, image, bn.tile_rules(model)))
+    traced = bn.torchscript_network(model, example)
+    with torch.no_grad():
+        packaged, eager = traced(example), bn.PackagedNetwork(model).eval()(example)
+    assert packaged.shape == eager.shape and float((packaged - eager).abs().max()) < 1e-2
+    assert float((packaged.argmax(1) == eager.argmax(1)).float().mean()) > 0.999
+
+
+def test_export_with_fine_anisotropic_spacing_fits_a_laptop(tmp_path):
+    """Spacing 0.3×0.2×0.2: the filter bank's σ in voxels, its halo and so the test input are large (96×152×152).
+    Before, tracing encoded 528 floats a voxel at once (killed at 21 GB); the export's peak resident memory is bounded."""
+    import os
+    import subprocess
+    import sys
+
+    model, image = _demo_model((0.3, 0.2, 0.2))
+    model.save(tmp_path / "fine.pt")
+    io.write_volume(tmp_path / "image.tif", image, spacing=(0.3, 0.2, 0.2))
+    argv = [sys.executable, "-m", "napari_sparse_unet", "export", "--model", tmp_path / "fine.pt", "--image",
+            tmp_path / "image.tif", "--out", tmp_path / "fine.zip", "--no-test", "-q", "--threads", "2"]
+    child = subprocess.Popen([str(a) for a in argv], stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, child.stderr.read().decode()
+    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+    assert peak < 3 * 2**30, f"export peaked at {peak / 2**30:.1f} GiB"

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.checkpoint import SegmentationModel
-from ..core.network.model import PlanewiseConv3d
+from ..core.network.model import PlanewiseConv3d, fold_batch_norms
 from ..core.rules import image_for_model
 
 # Largest test input per axis (voxels): big enough to show the model working, small enough for a zip.
@@ -93,12 +93,13 @@ class PackagedNetwork(nn.Module):
 
 
 def _plain_convolutions(network: nn.Module) -> nn.Module:
-    """A copy (CPU, eval) whose plane-wise 3-D convolutions are plain ``Conv3d``, the same function on every device.
+    """A copy (CPU, eval) whose plane-wise 3-D convolutions are plain ``Conv3d``, the same function on every device,
+    with its batch norms folded into the convolutions as prediction folds them (a map fewer per layer).
 
     :class:`PlanewiseConv3d` only changes how the CPU computes a 3-D convolution; a
     traced graph would freeze its CPU branch for GPU consumers too.
     """
-    network = copy.deepcopy(network).cpu().eval()
+    network = fold_batch_norms(copy.deepcopy(network).cpu().eval())
     for module in network.modules():
         if isinstance(module, PlanewiseConv3d):
             module.__class__ = nn.Conv3d
@@ -106,19 +107,34 @@ def _plain_convolutions(network: nn.Module) -> nn.Module:
 
 
 def torchscript_network(model: SegmentationModel, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """Trace :class:`PackagedNetwork` on ``example`` (1, C, *s); the trace is checked against the eager module."""
+    """Trace :class:`PackagedNetwork` on the smallest valid crop of ``example`` (1, C, *s).
+
+    The graph is then proven general: on a second shape it gives what a trace made on that
+    shape gives.  Both run the same operations, so they agree to rounding; the eager module
+    does not (its filter bank multiplies banded matrices and its voxel head reads a grid, both
+    sized by the input), and comparing with it mistook those roundings for a frozen size.
+    """
     module = PackagedNetwork(model).eval()
+    small = torch.from_numpy(_smallest_crop(example.numpy(), tile_rules(model), module.halo))
+    other = torch.cat([small, small.flip(2)], dim=2)
     with torch.no_grad(), warnings.catch_warnings():
         # Shape checks inside the filter bank become constants; the second shape below proves the graph general.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(module, example, check_trace=False)
-        # A second shape proves no size was frozen into the graph.
-        other = torch.cat([example, example.flip(2)], dim=2)
-        for x in (example, other):
-            expected, got = module(x), traced(x)
-            if expected.shape != got.shape or not torch.allclose(expected, got, atol=1e-5):
-                raise RuntimeError(f"TorchScript trace differs from the network on input {tuple(x.shape)}")
+        traced = torch.jit.trace(module, small, check_trace=False)
+        expected, got = torch.jit.trace(module, other, check_trace=False)(other), traced(other)
+        if expected.shape != got.shape or not torch.allclose(expected, got, atol=1e-5):
+            raise RuntimeError(f"TorchScript trace differs from the network on input {tuple(other.shape)}")
     return traced
+
+
+def _smallest_crop(example: np.ndarray, rules: "TileRules", halo: tuple[int, ...]) -> np.ndarray:
+    """The centre of ``example`` at the smallest size the network takes: two steps, more than the mirrored halo."""
+    size = [s * max(2, math.ceil((h + 1) / s)) for s, h in zip(rules.step, halo)]
+    spatial = example.shape[2:]
+    start = [max(0, (n - z) // 2) for n, z in zip(spatial, size)]
+    crop = example[(slice(None), slice(None), *(slice(a, a + z) for a, z in zip(start, size)))]
+    missing = [z - c for z, c in zip(size, crop.shape[2:])]
+    return np.ascontiguousarray(np.pad(crop, [(0, 0)] * 2 + [(m // 2, m - m // 2) for m in missing], mode="reflect"))
 
 
 # --------------------------------------------------------------------------- tile requirements

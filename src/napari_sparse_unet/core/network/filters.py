@@ -234,6 +234,9 @@ class FilterBank(nn.Module):
         return out.reshape(n, c * out.shape[1], *out_shape)
 
 
+# Pieces a traced convolution runs in: a fixed count keeps the graph valid for any size (the
+# lines along an axis number at least 8 whenever the network takes the input).
+TRACED_SECTIONS = 8
 # Outputs per band of the banded convolution matrix: the band reads its outputs plus 2r inputs, so a
 # band several kernels long keeps the wasted multiplications (zeros in the band) small.
 BAND_OUTPUTS = 64
@@ -250,11 +253,14 @@ def convolve_along(x: torch.Tensor, kernels: torch.Tensor, axis: int, reflect: b
     """
     dim = 2 + axis
     if torch.jit.is_tracing():
-        # A traced graph must not depend on the input's size (bioimage.io export): the plain convolution.
+        # A traced graph must not depend on the input's size (bioimage.io export): plain convolutions of
+        # the lines along the axis, in TRACED_SECTIONS pieces (a long kernel's work buffer is its length × its input).
         assert not reflect, "traced filter banks take their halo"
-        shape = [kernels.shape[0], 1] + [1] * (x.ndim - 2)
-        shape[dim] = kernels.shape[-1]
-        return (F.conv3d if x.ndim == 5 else F.conv2d)(x, kernels.reshape(shape).to(x.dtype))
+        lines = x.movedim(dim, -1)
+        rows = lines.reshape(-1, 1, lines.shape[-1])
+        weight = kernels[:, None].to(x.dtype)
+        out = torch.cat([F.conv1d(part, weight) for part in rows.tensor_split(TRACED_SECTIONS, 0)])
+        return out.reshape(lines.shape[0], *lines.shape[2:-1], kernels.shape[0], -1).movedim(-2, 1).movedim(-1, dim)
     m, size = x.shape[0], x.shape[dim]
     count = kernels.shape[0]
     bands = _bands(tuple(map(tuple, kernels.tolist())), size, reflect)
