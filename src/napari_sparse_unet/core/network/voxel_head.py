@@ -28,11 +28,10 @@ from torch import nn
 
 from ..device import has_float64
 from .filters import FilterBank, filter_slab
+from .traced_head import searched_logits
 
 # Voxels classified at a time in prediction: their table indices and weights are (4 + 8)·F bytes each.
 CHUNK_ROWS = 1 << 14
-# Pieces a traced head classifies its voxels in (a fixed count: the graph holds for any size).
-TRACED_SECTIONS = 32
 # Knot tables of recently used heads, by a digest of their weights; with its bfloat16 lookup
 # a table holds 8 bytes for each of 65536 values per feature (17 MB for 33 features).
 KNOT_TABLES_KEPT = 2
@@ -86,13 +85,13 @@ class VoxelHead(nn.Module):
         columns = maps.transpose(0, 1).reshape(self.features, -1)  # (F, N·S), a view for N = 1
         rest = self.mlp[2:]  # the first linear layer and its ReLU are _first_layer
         if torch.jit.is_tracing():
-            # A graph for any size (bioimage.io export): TRACED_SECTIONS pieces, whatever their length, each
+            # A graph for any size (bioimage.io export): a fixed number of pieces, whatever their length, each
             # searched, not looked up in the grid (whose branch on the data a trace would freeze).
             table = self.knot_table()
             hidden, out = rest[0], rest[2]
-            logits = _searched_logits()(
+            logits = searched_logits()(
                 columns.float(), table.knots, table.start, table.change, table.bias,
-                hidden.weight, hidden.bias, out.weight, out.bias, TRACED_SECTIONS,
+                hidden.weight, hidden.bias, out.weight, out.bias,
             )
             return logits.reshape(n, *spatial, -1).movedim(-1, 1)
         with torch.autocast(maps.device.type, enabled=False):  # the table lookups need one dtype (float32)
@@ -271,36 +270,6 @@ class KnotTable:
         length = knots[feature, found + 1] - knots[feature, found]
         part = torch.where(length > 0, (value - knots[feature, found]) / length.clamp_min(1e-30), torch.zeros_like(value))
         return (found + feature * segments).to(device), part.clamp_(0.0, 1.0).to(device)
-
-
-@functools.lru_cache(maxsize=1)
-def _searched_logits() -> Any:
-    """A TorchScript function: logits (M, K) of feature columns (F, M) in ``sections`` pieces, one after another.
-
-    The first layer of :meth:`VoxelHead._first_layer`, each segment found by a search (no branch on the data),
-    then the other two.  Scripted, the loop stays a loop in a trace: one piece's lookups are alive at a time.
-    """
-
-    def logits(columns: torch.Tensor, knots: torch.Tensor, start: torch.Tensor, change: torch.Tensor, bias: torch.Tensor,
-               w2: torch.Tensor, b2: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor, sections: int) -> torch.Tensor:
-        features, segments = knots.shape[0], knots.shape[1] - 1
-        inner = knots[:, 1:-1].contiguous()
-        lengths = torch.diff(knots, dim=1)
-        offsets = torch.arange(0, features * segments, segments, device=columns.device)[:, None]
-        parts: list[torch.Tensor] = []
-        for part in columns.tensor_split(sections, 1):
-            x = torch.maximum(torch.minimum(part, knots[:, -1:]), knots[:, :1]).contiguous()
-            found = torch.searchsorted(inner, x, right=True).clamp_(0, segments - 1)
-            length = lengths.gather(1, found)
-            fraction = torch.where(length > 0, (x - knots[:, :-1].gather(1, found)) / length.clamp_min(1e-30), torch.zeros_like(x))
-            row = (found + offsets).T.contiguous()
-            h = F.embedding_bag(row, start, mode="sum")
-            h = h + F.embedding_bag(row, change, per_sample_weights=fraction.clamp_(0.0, 1.0).T.contiguous(), mode="sum")
-            h = torch.relu(F.linear(torch.relu(h + bias), w2, b2))
-            parts.append(F.linear(h, w3, b3))
-        return torch.cat(parts)
-
-    return torch.jit.script(logits)
 
 
 def _segment_grid(knots: torch.Tensor) -> dict[str, torch.Tensor]:
