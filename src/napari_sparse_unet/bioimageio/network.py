@@ -115,8 +115,10 @@ def torchscript_network(model: SegmentationModel, example: torch.Tensor) -> torc
     sized by the input), and comparing with it mistook those roundings for a frozen size.
     """
     module = PackagedNetwork(model).eval()
-    small = torch.from_numpy(_smallest_crop(example.numpy(), tile_rules(model), module.halo))
-    other = torch.cat([small, small.flip(2)], dim=2)
+    rules = tile_rules(model)
+    small = torch.from_numpy(_smallest_crop(example.numpy(), rules, module.halo))
+    # The next valid size along the first axis: another shape at little more than the first one's memory.
+    other = torch.cat([small, small.flip(2)[:, :, : rules.step[0]]], dim=2)
     with torch.no_grad(), warnings.catch_warnings():
         # Shape checks inside the filter bank become constants; the second shape below proves the graph general.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
