@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from dataclasses import dataclass
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
@@ -43,6 +44,16 @@ def error_message(error: BaseException) -> str:
     if isinstance(error, UserInputError | JobError):
         return str(error)
     return f"{type(error).__name__}: {error}"
+
+
+@dataclass(frozen=True)
+class _Handlers:
+    """What :meth:`JobRunner.start` was given to call on the main thread."""
+
+    yielded: Callable[[Any], None]
+    returned: Callable[[Any], None]
+    failed: Callable[[str], None]
+    aborted: Callable[[], None]
 
 
 class _Current:
@@ -105,6 +116,7 @@ class JobRunner(QObject):
         self._starting = True
         self.busy_changed.emit(True)
         steps, cancelled = list(before), self._starts_cancelled
+        handlers = _Handlers(yielded, returned, failed, aborted)
 
         def next_step() -> None:
             if self._starts_cancelled != cancelled:
@@ -114,31 +126,23 @@ class JobRunner(QObject):
                 QTimer.singleShot(START_STEP_MS, next_step)  # room for other events (a redraw) in between
                 return
             self._starting = False
-            self._run(job, yielded, returned, failed, aborted)
+            self._run(job, handlers)
 
         QTimer.singleShot(0, next_step)
         return True
 
-    def _run(
-        self,
-        job: Job,
-        yielded: Callable[[Any], None],
-        returned: Callable[[Any], None],
-        failed: Callable[[str], None],
-        aborted: Callable[[], None],
-    ) -> None:
+    def _run(self, job: Job, handlers: _Handlers) -> None:
         from napari.qt.threading import create_worker
 
         generator = job.run()
         self.job, self._generator, self._current.job = job, generator, job
-        self._aborted = aborted
-        self._failed = failed
+        self._handlers = handlers
         self.worker = create_worker(
             _pass_through,
             generator,
             _connect={
-                "yielded": yielded,
-                "returned": returned,
+                "yielded": handlers.yielded,
+                "returned": handlers.returned,
                 "errored": self._on_errored,
                 "aborted": self._on_aborted,
                 "finished": self._on_finished,
@@ -204,7 +208,7 @@ class JobRunner(QObject):
             self.shutdown()
 
     def _on_errored(self, error: BaseException) -> None:
-        self._failed(error_message(error))
+        self._handlers.failed(error_message(error))
 
     def _on_aborted(self) -> None:
         # worker.quit() leaves the job at a yield: closing it ends training and keeps the best model.
@@ -216,7 +220,7 @@ class JobRunner(QObject):
                     self._generator.close()
                 except ValueError:  # still running in the worker: it stops at its next step anyway
                     self.stop()
-        self._aborted()
+        self._handlers.aborted()
 
     def _on_finished(self) -> None:
         self.job = self.worker = self._generator = self._current.job = None
