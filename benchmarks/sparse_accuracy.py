@@ -587,18 +587,18 @@ def preset_steps_report() -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cpu = {(r["volume"], r["setting"], r["annotation"]): r for r in load_records(RESULTS_DIR) if r["method"] == "unet"}
-    for folder in sorted(p for p in PRESETS_DIR.glob("*") if p.is_dir()):
-        for r in load_records(folder):
-            base = cpu.get((r["volume"], r["setting"], r["annotation"]))
-            d = r["details"]
-            base_dice = base["mean_fg_dice"] if base else None
-            diff = f"{r['mean_fg_dice'] - base_dice:+.3f}" if base_dice is not None else "–"
-            lines.append(
-                f"| {r['volume']} | {r['annotation']} | {d['preset']} | {d['steps']} | "
-                f"{'×'.join(map(str, d['patch_size']))} × {d.get('batch_size', '?')} | **{fmt(r['mean_fg_dice'])}** | "
-                f"{fmt(base_dice)} | {diff} | {r['train_seconds'] / max(d['steps'], 1):.2f} | "
-                f"{r['device']} × {r.get('threads', '?')} | {r['loadavg_after'][0]:.1f} | {r['date'][:10]} |")
-    machines = sorted({r["machine"] for f in PRESETS_DIR.glob("*") for r in load_records(f)})
+    records = [r for folder in sorted(p for p in PRESETS_DIR.glob("*") if p.is_dir()) for r in load_records(folder)]
+    for r in records:
+        base = cpu.get((r["volume"], r["setting"], r["annotation"]))
+        d = r["details"]
+        base_dice = base["mean_fg_dice"] if base else None
+        diff = f"{r['mean_fg_dice'] - base_dice:+.3f}" if base_dice is not None else "–"
+        lines.append(
+            f"| {r['volume']} | {r['annotation']} | {d['preset']} | {d['steps']} | "
+            f"{'×'.join(map(str, d['patch_size']))} × {d.get('batch_size', '?')} | **{fmt(r['mean_fg_dice'])}** | "
+            f"{fmt(base_dice)} | {diff} | {r['train_seconds'] / max(d['steps'], 1):.2f} | "
+            f"{r['device']} × {r.get('threads', '?')} | {r['loadavg_after'][0]:.1f} | {r['date'][:10]} |")
+    machines = sorted({r["machine"] for r in records})
     return "\n".join(lines + ["", "Machine(s): " + "; ".join(machines)])
 
 
