@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
@@ -44,16 +43,6 @@ def error_message(error: BaseException) -> str:
     if isinstance(error, UserInputError | JobError):
         return str(error)
     return f"{type(error).__name__}: {error}"
-
-
-@dataclass(frozen=True)
-class _Handlers:
-    """What :meth:`JobRunner.start` was given to call on the main thread."""
-
-    yielded: Callable[[Any], None]
-    returned: Callable[[Any], None]
-    failed: Callable[[str], None]
-    aborted: Callable[[], None]
 
 
 class _Current:
@@ -116,7 +105,6 @@ class JobRunner(QObject):
         self._starting = True
         self.busy_changed.emit(True)
         steps, cancelled = list(before), self._starts_cancelled
-        handlers = _Handlers(yielded, returned, failed, aborted)
 
         def next_step() -> None:
             if self._starts_cancelled != cancelled:
@@ -126,23 +114,31 @@ class JobRunner(QObject):
                 QTimer.singleShot(START_STEP_MS, next_step)  # room for other events (a redraw) in between
                 return
             self._starting = False
-            self._run(job, handlers)
+            self._run(job, yielded, returned, failed, aborted)
 
         QTimer.singleShot(0, next_step)
         return True
 
-    def _run(self, job: Job, handlers: _Handlers) -> None:
+    def _run(
+        self,
+        job: Job,
+        yielded: Callable[[Any], None],
+        returned: Callable[[Any], None],
+        failed: Callable[[str], None],
+        aborted: Callable[[], None],
+    ) -> None:
         from napari.qt.threading import create_worker
 
         generator = job.run()
         self.job, self._generator, self._current.job = job, generator, job
-        self._handlers = handlers
+        self._aborted = aborted
+        self._failed = failed
         self.worker = create_worker(
             _pass_through,
             generator,
             _connect={
-                "yielded": handlers.yielded,
-                "returned": handlers.returned,
+                "yielded": yielded,
+                "returned": returned,
                 "errored": self._on_errored,
                 "aborted": self._on_aborted,
                 "finished": self._on_finished,
@@ -208,7 +204,7 @@ class JobRunner(QObject):
             self.shutdown()
 
     def _on_errored(self, error: BaseException) -> None:
-        self._handlers.failed(error_message(error))
+        self._failed(error_message(error))
 
     def _on_aborted(self) -> None:
         # worker.quit() leaves the job at a yield: closing it ends training and keeps the best model.
@@ -220,7 +216,7 @@ class JobRunner(QObject):
                     self._generator.close()
                 except ValueError:  # still running in the worker: it stops at its next step anyway
                     self.stop()
-        self._handlers.aborted()
+        self._aborted()
 
     def _on_finished(self) -> None:
         self.job = self.worker = self._generator = self._current.job = None
