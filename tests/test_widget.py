@@ -7,6 +7,7 @@ annotations use 0 = not painted, 1 = background, 2.. = classes.
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from pathlib import Path
@@ -174,8 +175,12 @@ def test_event_loop_runs_and_stop_keeps_the_best_model(viewer_widget, qtbot):
     timer.setInterval(20)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
+    frozen_before = gc.get_freeze_count()
     assert widget.train()
     wait_for_step(qtbot, widget, 3)
+    # The garbage collector's full passes skip what existed at the click (a pass over napari's
+    # and torch's objects stalls the event loop for 0.2 s), until the job ends.
+    assert gc.get_freeze_count() > frozen_before
     started = len(ticks)
     qtbot.wait(500)
     timer.stop()
@@ -188,6 +193,7 @@ def test_event_loop_runs_and_stop_keeps_the_best_model(viewer_widget, qtbot):
     widget.training.stop_button.click()
     wait_idle(qtbot, widget, timeout=10_000)
     assert time.perf_counter() - stop < 2.0
+    assert gc.get_freeze_count() == frozen_before
     assert widget.model is not None and "stopped" in widget.progress.status_label.text()
     assert widget.model.history["steps"] >= 3
 

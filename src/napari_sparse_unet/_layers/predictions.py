@@ -48,28 +48,48 @@ def show_prediction(
     image: ImageSnapshot,
     annotation: Labels | None = None,
     name: str = "prediction",
-    visible: bool = True,
     activate: bool = True,
 ) -> Labels:
     """Add or update the prediction layer of ``image`` with ``labels`` (*spatial).
 
-    Colours are copied from the annotation layer so a class looks the same in
-    both; scale and translate are the image's.  Lazy (dask) labels are shown
-    as they are, computed where napari reads them, and cannot be painted.
-    ``visible`` and ``activate`` (make it the active layer) apply to a new layer only.
+    A new layer is made by :func:`new_prediction_layer` and becomes the active one
+    when ``activate``.  Lazy (dask) labels are shown as they are, computed where
+    napari reads them, and cannot be painted.
     """
     layer = find_prediction_layer(viewer, image.name, labels.shape)
     if layer is None:
-        with _activating(viewer, activate):
-            layer = viewer.add_labels(
-                labels, name=name, scale=image.scale, translate=image.translate, opacity=0.6,
-                metadata=_geometry(viewer, image), visible=visible,
-            )
-        layer.metadata[PREDICTION_KEY] = image.name
-    else:
-        layer.data = labels
+        return add_prediction_layer(viewer, new_prediction_layer(viewer, labels, image, annotation, name), activate)
+    layer.data = labels
     layer.editable = not is_lazy(labels)
     _copy_colormap(layer, annotation)
+    return layer
+
+
+def new_prediction_layer(
+    viewer: napari.Viewer, labels: Any, image: ImageSnapshot, annotation: Labels | None = None,
+    name: str = "prediction", visible: bool = True,
+) -> Labels:
+    """The prediction layer of ``image`` showing ``labels`` (*spatial), not yet added to ``viewer``.
+
+    Colours are copied from the annotation layer so a class looks the same in
+    both; scale and translate are the image's.  Made apart from adding it, so a
+    caller can spread the two over event-loop turns (adding alone takes tens of ms).
+    """
+    from napari.layers import Labels
+
+    layer = Labels(
+        labels, name=name, scale=image.scale, translate=image.translate, opacity=0.6, visible=visible,
+        metadata={**_geometry(viewer, image), PREDICTION_KEY: image.name},
+    )
+    _copy_colormap(layer, annotation)
+    return layer
+
+
+def add_prediction_layer(viewer: napari.Viewer, layer: Labels, activate: bool = True) -> Labels:
+    """Add a layer of :func:`new_prediction_layer`; it becomes the active layer when ``activate``."""
+    with _activating(viewer, activate):
+        viewer.add_layer(layer)
+    layer.editable = not is_lazy(layer.data)
     return layer
 
 
@@ -109,7 +129,8 @@ def ensure_prediction_layer(
         if np.dtype(layer.data.dtype).itemsize < np.dtype(dtype).itemsize:
             layer.data = layer.data.astype(dtype)
         return layer
-    return show_prediction(viewer, np.zeros(image.spatial_shape, dtype=dtype), image, annotation, visible=visible, activate=False)
+    layer = new_prediction_layer(viewer, np.zeros(image.spatial_shape, dtype=dtype), image, annotation, visible=visible)
+    return add_prediction_layer(viewer, layer, activate=False)
 
 
 def show_prediction_layer(viewer: napari.Viewer, image: ImageSnapshot) -> None:

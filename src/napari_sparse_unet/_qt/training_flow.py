@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .. import _layers
 from ..core.annotation import AnnotationStats
 from ..core.errors import UserInputError
@@ -70,9 +72,12 @@ class TrainingFlow:
             return []
         dtype = _label_dtype(initial, stats)
         if _layers.find_prediction_layer(viewer, image.name, image.spatial_shape) is None:
-            # Added hidden, then shown in a turn of its own: the first draw of a new layer
-            # (a GL program to build) and adding it take 30-80 ms each.
-            return [lambda: _layers.ensure_prediction_layer(viewer, image, dtype, annotation_layer, visible=False),
+            # Made, added hidden, then shown, each in a turn of its own: adding a layer to
+            # napari and its first draw (a GL program to build) take 30-80 ms each.
+            made: list = []
+            return [lambda: made.append(_layers.new_prediction_layer(
+                        viewer, np.zeros(image.spatial_shape, dtype), image, annotation_layer, visible=False)),
+                    lambda: _layers.add_prediction_layer(viewer, made[0], activate=False),
                     lambda: _layers.show_prediction_layer(viewer, image)]
         return [lambda: _layers.ensure_prediction_layer(viewer, image, dtype, annotation_layer)]
 
