@@ -111,3 +111,15 @@ def test_folding_batch_norms_keeps_the_networks_function() -> None:
         got = folded.classify(features)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_folding_keeps_every_tensor_on_the_network_s_device():
+    """Instance norms leave the first convolution without a bias; the one folding makes must be on its device
+    (a CPU tensor beside a CUDA network stopped prediction).  The meta device fails the same way, without a GPU."""
+    from napari_sparse_unet.core.network.model import fold_batch_norms
+
+    config = ModelConfig(3, 1, 3, ((2, 2, 2),), base_channels=4, norm="instance", conv_kernels=((1, 1, 1), (3, 3, 3)),
+                         sigmas=((1.0, 1.0, 1.0),))
+    network = build_model(config).eval().to("meta")
+    assert network.encoders[0][0].bias is None
+    assert {t.device.type for t in fold_batch_norms(network).parameters()} == {"meta"}

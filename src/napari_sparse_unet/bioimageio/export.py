@@ -30,6 +30,7 @@ import torch
 from ..core.checkpoint import PACKAGE_CHECKPOINT, SegmentationModel
 from ..core.errors import DependencyError, InputError, missing_package
 from ..core.files import atomic_file
+from .allocator import returning_freed_memory
 from .network import TileRules, make_test_input, tile_rules, torchscript_network
 
 AXES = ("z", "y", "x")
@@ -308,7 +309,8 @@ def export_model(
     run_test = consumer_available() if run_test is None else run_test
     authors = list(authors) or [_login_name()]
     name = name or (out.stem if len(out.stem) >= 5 else f"sparse U-Net {out.stem}")  # the spec wants 5 characters
-    with tempfile.TemporaryDirectory(prefix="bioimageio-") as temp:
+    # Tracing and testing the network free large blocks between long-lived ones: give them back.
+    with returning_freed_memory(), tempfile.TemporaryDirectory(prefix="bioimageio-") as temp:
         descr = build_description(model, Path(temp), image, name=name, authors=authors, license=license)
         with atomic_file(out) as staged:
             save_bioimageio_package(descr, output_path=staged)

@@ -36,8 +36,8 @@ TEST_EXTENT = 64
 class PackagedNetwork(nn.Module):
     """Raw intensities (B, C, *s) float32 -> class probabilities (B, K, *s) float32.
 
-    Applies the model's :class:`~.core.data.Normalization` (in float64, as
-    numpy does), mirrors the filter bank's halo past the input's border as
+    Applies the model's :class:`~.core.data.Normalization` (in float32, which
+    every device has), mirrors the filter bank's halo past the input's border as
     prediction tiles are mirrored at the volume border, and softmaxes the
     U-Net's logits.  Each spatial size must be a multiple of the network's
     ``size_multiple()`` and larger than its input halo.
@@ -62,9 +62,10 @@ class PackagedNetwork(nn.Module):
                 xp = np.asarray([norm.low[c]], np.float64)
                 fp = np.zeros(1)
                 slope = np.asarray([1.0 / max(np.float32(norm.high[c]) - np.float32(norm.low[c]), 1e-6)])
-            xps.append(torch.from_numpy(xp))
-            fps.append(torch.from_numpy(fp))
-            slopes.append(torch.from_numpy(slope))
+            # float32: a consumer may move the network to an Apple GPU, which has no float64.
+            xps.append(torch.from_numpy(xp.astype(np.float32)))
+            fps.append(torch.from_numpy(fp.astype(np.float32)))
+            slopes.append(torch.from_numpy(slope.astype(np.float32)))
         for name, values in (("xp", xps), ("fp", fps), ("slope", slopes)):
             for c, v in enumerate(values):
                 self.register_buffer(f"{name}{c}", v)
@@ -75,13 +76,13 @@ class PackagedNetwork(nn.Module):
         out = []
         for c in range(self.channels):
             xp, fp, slope = getattr(self, f"xp{c}"), getattr(self, f"fp{c}"), getattr(self, f"slope{c}")
-            v = x[:, c].double()
+            v = x[:, c]
             if self.equalize:
                 # Segment of each value; below the first knot the first, above the last the last.
                 i = torch.clamp(torch.searchsorted(xp, v.contiguous(), right=True) - 1, 0, xp.numel() - 2)
-                out.append((fp[i] + (v - xp[i]) * slope[i]).float())
+                out.append(fp[i] + (v - xp[i]) * slope[i])
             else:
-                out.append(((v - xp[0]).float() * slope[0].float()))
+                out.append((v - xp[0]) * slope[0])
         return torch.stack(out, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .traced import sectioned_conv1d
+
 # An axis whose σ falls below this many voxels is neither smoothed nor
 # differentiated (a Gaussian that narrow is a delta on the grid): ilastik's
 # "2-D features" for coarse-Z stacks.
@@ -234,9 +236,8 @@ class FilterBank(nn.Module):
         return out.reshape(n, c * out.shape[1], *out_shape)
 
 
-# Pieces a traced convolution runs in: a fixed count keeps the graph valid for any size (the
-# lines along an axis number at least 8 whenever the network takes the input).
-TRACED_SECTIONS = 8
+# Largest work buffer of a traced convolution's piece, floats (2 MB).
+TRACED_WORK_FLOATS = 1 << 19
 # Outputs per band of the banded convolution matrix: the band reads its outputs plus 2r inputs, so a
 # band several kernels long keeps the wasted multiplications (zeros in the band) small.
 BAND_OUTPUTS = 64
@@ -254,12 +255,12 @@ def convolve_along(x: torch.Tensor, kernels: torch.Tensor, axis: int, reflect: b
     dim = 2 + axis
     if torch.jit.is_tracing():
         # A traced graph must not depend on the input's size (bioimage.io export): plain convolutions of
-        # the lines along the axis, in TRACED_SECTIONS pieces (a long kernel's work buffer is its length × its input).
+        # the lines along the axis, in pieces (traced.sectioned_conv1d).
         assert not reflect, "traced filter banks take their halo"
         lines = x.movedim(dim, -1)
         rows = lines.reshape(-1, 1, lines.shape[-1])
         weight = kernels[:, None].to(x.dtype)
-        out = torch.cat([F.conv1d(part, weight) for part in rows.tensor_split(TRACED_SECTIONS, 0)])
+        out = sectioned_conv1d()(rows, weight)
         return out.reshape(lines.shape[0], *lines.shape[2:-1], kernels.shape[0], -1).movedim(-2, 1).movedim(-1, dim)
     m, size = x.shape[0], x.shape[dim]
     count = kernels.shape[0]

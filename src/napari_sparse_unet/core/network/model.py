@@ -236,7 +236,9 @@ class TwoExpertNetwork(nn.Module):
 
         ``x`` and ``voxel`` are what :meth:`classify` takes.  Benchmarks score the two apart.
         """
-        features = x
+        if self.voxel_head is not None and not self.training and voxel is None:
+            # Before the U-Net: its largest maps then need not share memory with the features.
+            voxel = self.voxel_head(x)
         if self.filters is not None:
             x = self.input_norm(x)
         skips = []
@@ -250,7 +252,7 @@ class TwoExpertNetwork(nn.Module):
         logits = self.head(x)
         if self.voxel_head is None or self.training:
             return logits, None
-        return logits, voxel if voxel is not None else self.voxel_head(features)
+        return logits, voxel
 
 
 @torch.no_grad()
@@ -279,7 +281,7 @@ def fold_batch_norms(network: TwoExpertNetwork) -> TwoExpertNetwork:
     if isinstance(norm, nn.modules.batchnorm._BatchNorm) and all(k == 1 for k in first.kernel_size):
         inverse = 1.0 / torch.sqrt(norm.running_var + norm.eps)  # affine=False: (x - mean) / std
         weight = first.weight * inverse.reshape(1, -1, *[1] * (first.weight.ndim - 2))
-        bias = first.bias if first.bias is not None else torch.zeros(first.out_channels)
+        bias = first.bias if first.bias is not None else weight.new_zeros(first.out_channels)
         first.bias = nn.Parameter(bias - (weight.flatten(2).sum(2) * norm.running_mean).sum(1))
         first.weight.copy_(weight)
         network.input_norm = nn.Identity()

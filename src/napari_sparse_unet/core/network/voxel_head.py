@@ -28,7 +28,7 @@ from torch import nn
 
 from ..device import has_float64
 from .filters import FilterBank, filter_slab
-from .traced_head import searched_logits
+from .traced import searched_logits
 
 # Voxels classified at a time in prediction: their table indices and weights are (4 + 8)·F bytes each.
 CHUNK_ROWS = 1 << 14
@@ -85,7 +85,7 @@ class VoxelHead(nn.Module):
         columns = maps.transpose(0, 1).reshape(self.features, -1)  # (F, N·S), a view for N = 1
         rest = self.mlp[2:]  # the first linear layer and its ReLU are _first_layer
         if torch.jit.is_tracing():
-            # A graph for any size (bioimage.io export): a fixed number of pieces, whatever their length, each
+            # A graph for any size (bioimage.io export): pieces in a scripted loop, each
             # searched, not looked up in the grid (whose branch on the data a trace would freeze).
             table = self.knot_table()
             hidden, out = rest[0], rest[2]
