@@ -183,6 +183,8 @@ def test_bad_training_input_gives_one_line_and_exit_2(tmp_path, capsys, tiny_vol
         ("nan", ["NaN"]),
         ("unknown_output", ["out.png"]),
         ("output_is_input", ["input image"]),
+        ("uncertainty_is_input", ["--uncertainty-out", "input image"]),
+        ("probabilities_are_out", ["--probabilities", "same file as --out"]),
         ("bad_tile", ["tile_size", "(3, 16, 16)"]),
     ],
 )
@@ -213,6 +215,11 @@ def test_bad_prediction_input_gives_one_line_and_exit_2(tmp_path, capsys, traine
     elif case == "output_is_input":
         img = _write(tmp_path / "same.tif", image)
         out = img
+    elif case == "uncertainty_is_input":
+        img = _write(tmp_path / "same.tif", image)
+        extra = ["--uncertainty-out", str(img)]
+    elif case == "probabilities_are_out":
+        extra = ["--probabilities", str(out)]
     elif case == "bad_tile":
         extra = ["--tile-size", "3", "16", "16"]
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -8,7 +8,6 @@ A path that exists as written is one file, even if it holds a comma.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 

@@ -16,6 +16,7 @@ from ..core.errors import UserInputError
 from ..core.presets import default_preset
 from ..core.rules import DEVICE_NAMES, parse_patch_size
 from ..io import volume_format
+from .channels import channel_files
 
 PROG = "napari-sparse-unet"
 EXIT_USAGE = 2
@@ -52,6 +53,20 @@ def check_output_path(path: str | None, option: str) -> None:
         raise UsageError(f"{option} {path!r}: folder {str(target.parent)!r} does not exist")
     if target.is_dir() and not target.name.lower().endswith(".zarr"):
         raise UsageError(f"{option} {path!r} is a folder")
+
+
+def check_outputs(image: str, outputs: Sequence[tuple[str, str | None]]) -> None:
+    """Refuse an output (option, path or None) that cannot be written (:func:`check_output_path`), is one of
+    ``image``'s files or is another output's file: nothing is overwritten by mistake."""
+    seen: dict[Path, str] = {Path(f).resolve(): "the input image" for f in channel_files(image)}
+    for option, value in outputs:
+        if value is None:
+            continue
+        check_output_path(value, option)
+        target = Path(value).resolve()
+        if target in seen:
+            raise UsageError(f"{option} {value!r} is {seen[target]}; choose another file")
+        seen[target] = f"the same file as {option}"
 
 
 def set_threads(args: argparse.Namespace) -> None:

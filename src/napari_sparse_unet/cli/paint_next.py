@@ -22,7 +22,7 @@ from ..core.rules import annotation_shape_problem, check_instance_class
 from ..core.analysis.uncertainty import UNCERTAINTY_MEASURES, ranking_csv, rank_slices
 from ..io import create_output, read_volume
 from .channels import channel_files
-from .common import UsageError, check_output_path, non_negative_int
+from .common import UsageError, non_negative_int
 
 if TYPE_CHECKING:
     from ..core.checkpoint import SegmentationModel
@@ -63,17 +63,6 @@ def check(args: argparse.Namespace, model: SegmentationModel, spatial: tuple[int
     for option in ("labels", "ranking_out"):
         if getattr(args, option) is not None and args.uncertainty_out is None:
             raise UsageError(f"--{option.replace('_', '-')} is for the slice ranking, which needs --uncertainty-out OUT")
-    outputs = [("--out", args.out), ("--probabilities", args.probabilities),
-               ("--instances-out", args.instances_out), ("--uncertainty-out", args.uncertainty_out)]
-    seen: dict[Path, str] = {Path(f).resolve(): "--image" for f in channel_files(args.image)}
-    for option, value in outputs:
-        if value is None:
-            continue
-        check_output_path(value, option)
-        target = Path(value).resolve()
-        if target in seen:
-            raise UsageError(f"{option} {value!r} is the same file as {seen[target]}")
-        seen[target] = option
     if args.ranking_out is not None and not Path(args.ranking_out).resolve().parent.is_dir():
         raise UsageError(f"--ranking-out {args.ranking_out!r}: its folder does not exist")
     if rank_axis(args, spatial) < 0:

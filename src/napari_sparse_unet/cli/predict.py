@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from .common import (
     add_command,
     add_common,
     add_model_and_image,
-    check_output_path,
+    check_outputs,
     fmt_shape,
     fraction,
     positive_int,
@@ -63,12 +62,8 @@ def _predict_config(args: argparse.Namespace) -> PredictConfig:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    for option, value in (("--out", args.out), ("--probabilities", args.probabilities)):
-        check_output_path(value, option)
-        if value is not None and any(Path(value).resolve() == Path(f).resolve() for f in channel_files(args.image)):
-            raise UsageError(f"{option} {value!r} is the input image; choose another file")
-    if args.probabilities is not None and Path(args.probabilities).resolve() == Path(args.out).resolve():
-        raise UsageError(f"--probabilities {args.probabilities!r} is the same file as --out")
+    check_outputs(args.image, [("--out", args.out), ("--probabilities", args.probabilities),
+                               ("--instances-out", args.instances_out), ("--uncertainty-out", args.uncertainty_out)])
     config = _predict_config(args)
     set_threads(args)
 
