@@ -236,8 +236,6 @@ class FilterBank(nn.Module):
         return out.reshape(n, c * out.shape[1], *out_shape)
 
 
-# Largest work buffer of a traced convolution's piece, floats (2 MB).
-TRACED_WORK_FLOATS = 1 << 19
 # Outputs per band of the banded convolution matrix: the band reads its outputs plus 2r inputs, so a
 # band several kernels long keeps the wasted multiplications (zeros in the band) small.
 BAND_OUTPUTS = 64
