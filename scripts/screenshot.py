@@ -45,7 +45,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "screenshot.png")
     parser.add_argument("--seconds", type=int, default=300, help="training time limit")
     parser.add_argument("--slice", type=int, default=None, help="Z slice to show (default: an unpainted one)")
-    parser.add_argument("--size", type=int, nargs=2, default=(1560, 1300), metavar=("W", "H"))
+    parser.add_argument("--size", type=int, nargs=2, default=(1560, 1380), metavar=("W", "H"),
+                        help="window size; the dock scrolls when it is shorter than the widget")
     parser.add_argument("--base-channels", type=int, default=None, help="override the preset's network width")
     parser.add_argument("--patch", default=None, help="override the preset's patch, e.g. 16,64,64")
     parser.add_argument("--preview", type=float, default=5.0, help="seconds between live previews (0: off)")

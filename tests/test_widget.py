@@ -419,3 +419,62 @@ def test_a_lazy_image_gets_a_lazy_prediction_equal_to_the_eager_one(trained, qtb
     eager = predict(widget.model, image, widget.predict_config())
     np.testing.assert_array_equal(prediction.data[5:7].compute(), eager[5:7])  # a slab across two blocks' border
     assert (np.asarray(prediction.data) == eager).mean() >= 0.999
+
+
+def test_the_preview_layer_gets_its_painting_overlays_back(viewer_widget, qtbot):
+    # The Train click adds the prediction layer without napari's painting overlays (half
+    # the cost of adding it) and gives them back in a later event-loop turn.
+    from napari_sparse_unet._layers import PAINT_OVERLAYS, find_prediction_layer
+
+    viewer, widget = viewer_widget
+    configure_tiny(widget, steps=3, preview=0.1)
+    assert widget.train()
+    wait_idle(qtbot, widget)
+    layer = find_prediction_layer(viewer, "image", (12, 32, 32))
+    assert layer is not None and set(PAINT_OVERLAYS) <= set(layer._overlays)
+    viewer.layers.selection.active = layer
+    for mode in ("polygon", "paint"):  # napari switches the overlays on and off here
+        layer.mode = mode
+    layer.paint((6, 10, 10), 3)
+    assert layer.data[6, 10, 10] == 3
+
+
+def test_a_start_stopped_while_the_preview_layer_is_added_leaves_it_paintable(viewer_widget, qtbot, monkeypatch):
+    from napari_sparse_unet._layers import PAINT_OVERLAYS, find_prediction_layer
+    from napari_sparse_unet._qt import runner
+
+    monkeypatch.setattr(runner, "START_STEP_MS", 300)  # time to stop between the start's steps
+    viewer, widget = viewer_widget
+    configure_tiny(widget, steps=3, preview=0.1)
+    assert widget.train()
+    qtbot.waitUntil(lambda: find_prediction_layer(viewer, "image", (12, 32, 32)) is not None, timeout=5000)
+    layer = find_prediction_layer(viewer, "image", (12, 32, 32))
+    assert not set(PAINT_OVERLAYS) & set(layer._overlays)  # added, overlays still held
+    widget.shutdown()
+    assert not widget.busy and widget.runner.job is None  # the job never started
+    assert set(PAINT_OVERLAYS) <= set(layer._overlays)
+
+
+def test_the_dock_scrolls_instead_of_growing_napari(make_napari_viewer, qtbot):
+    # Without a scroll area, the training plot appearing on the Train click made napari's
+    # window taller than a laptop screen and resized (and redrew) the canvas.
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_sparse_unet._qt.widget import SparseUNetWidget
+    from napari_sparse_unet.core.training.curves import TrainingCurves
+
+    viewer = make_napari_viewer(show=True)
+    widget = SparseUNetWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Sparse U-Net")
+    window = viewer.window._qt_window
+    window.resize(1200, 600)
+    qtbot.wait(100)
+    size = window.size()
+    widget.curves.follow(TrainingCurves())
+    qtbot.wait(100)
+    assert window.size() == size
+    scroll = widget.findChild(QScrollArea)
+    content = scroll.widget()
+    assert content.height() > scroll.viewport().height()  # the rest is a scroll away
+    assert scroll.viewport().width() >= content.minimumSizeHint().width()  # nothing cut off at the side
+    widget.shutdown()

@@ -36,10 +36,12 @@ from .lists import (
     preferred_image,
 )
 from .predictions import (
+    PAINT_OVERLAYS,
     PREDICTION_KEY,
     annotation_if_fits,
     add_prediction_layer,
     ensure_prediction_layer,
+    hold_paint_overlays,
     new_prediction_layer,
     show_prediction_layer,
     find_prediction_layer,
@@ -53,6 +55,7 @@ from .predictions import (
 from .view import go_to_slice, viewed_slice, visible_box
 
 __all__ = [
+    "PAINT_OVERLAYS",
     "PREDICTION_KEY",
     "AnnotationWatcher",
     "ImageSnapshot",
@@ -68,6 +71,7 @@ __all__ = [
     "dirty_slices_of_paint",
     "add_prediction_layer",
     "ensure_prediction_layer",
+    "hold_paint_overlays",
     "new_prediction_layer",
     "show_prediction_layer",
     "find_prediction_layer",

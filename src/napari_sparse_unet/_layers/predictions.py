@@ -4,7 +4,8 @@ instances and uncertainty."""
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:  # napari only for type hints: importing this stays cheap
 
 
 PREDICTION_KEY = "sparse_unet_prediction_of"  # layer.metadata key: name of the predicted image
+PAINT_OVERLAYS = ("polygon", "brush_stroke")  # napari's names of a Labels layer's painting overlays
 
 
 def find_prediction_layer(viewer: napari.Viewer, image_name: str, shape: tuple[int, ...]) -> Labels | None:
@@ -91,6 +93,25 @@ def add_prediction_layer(viewer: napari.Viewer, layer: Labels, activate: bool = 
         viewer.add_layer(layer)
     layer.editable = not is_lazy(layer.data)
     return layer
+
+
+def hold_paint_overlays(layer: Labels) -> Callable[[], None]:
+    """Take a Labels layer's painting overlays (polygon, brush outline) off; the returned function puts them back.
+
+    napari builds their visuals when a layer is added: about half the time of adding
+    a Labels layer.  A caller adding a layer while the user works (the Train click)
+    adds it without them and puts them back in another event-loop turn, before the
+    layer can be painted.  Uses napari's private ``_overlays``; without it nothing is held.
+    """
+    overlays = getattr(layer, "_overlays", None)
+    held = {name: overlays.pop(name) for name in PAINT_OVERLAYS if overlays is not None and name in overlays}
+
+    def put_back() -> None:
+        if held:
+            overlays.update(held)
+            held.clear()
+
+    return put_back
 
 
 @contextlib.contextmanager

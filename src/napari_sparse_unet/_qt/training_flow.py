@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +25,7 @@ class TrainingFlow:
     def __init__(self, widget: SparseUNetWidget) -> None:
         self.widget = widget
         self._correction_problem: str | None = None  # the last one told to the user
+        self._put_back_overlays: Callable[[], None] | None = None  # of a new prediction layer, until done
 
     def train(self) -> bool:
         """Start training (or fine-tuning) in a worker; returns False when the input is refused."""
@@ -72,14 +74,21 @@ class TrainingFlow:
             return []
         dtype = _label_dtype(initial, stats)
         if _layers.find_prediction_layer(viewer, image.name, image.spatial_shape) is None:
-            # Made, added hidden, then shown, each in a turn of its own: adding a layer to
-            # napari and its first draw (a GL program to build) take 30-80 ms each.
-            made: list = []
-            return [lambda: made.append(_layers.new_prediction_layer(
-                        viewer, np.zeros(image.spatial_shape, dtype), image, annotation_layer, visible=False)),
-                    lambda: _layers.add_prediction_layer(viewer, made[0], activate=False),
+            # Made, added hidden, given its painting overlays, then shown, each in a turn of
+            # its own: each part takes 20-60 ms on the main thread.
+            layer = _layers.new_prediction_layer(
+                viewer, np.zeros(image.spatial_shape, dtype), image, annotation_layer, visible=False)
+            self._put_back_overlays = _layers.hold_paint_overlays(layer)
+            return [lambda: _layers.add_prediction_layer(viewer, layer, activate=False),
+                    self.put_back_overlays,
                     lambda: _layers.show_prediction_layer(viewer, image)]
         return [lambda: _layers.ensure_prediction_layer(viewer, image, dtype, annotation_layer)]
+
+    def put_back_overlays(self) -> None:
+        """Give the new prediction layer its painting overlays (also when its start was cancelled)."""
+        if self._put_back_overlays is not None:
+            self._put_back_overlays()
+            self._put_back_overlays = None
 
     def _on_yielded(self, item: Any) -> None:
         if isinstance(item, Preview):

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QSize, Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from .. import _layers
 from ..core.annotation import AnnotationStats
@@ -63,13 +63,8 @@ class SparseUNetWidget(QWidget):
         self.model_panel = ModelPanel(lambda: self.model, self._selected_image)
         self.progress = ProgressPanel()
         self.curves = CurvesPlot()
-        layout = QVBoxLayout(self)
-        panels = (self.data, self.training, self.prediction, self.instances, self.next_slice,
-                  self.model_panel, self.progress, self.curves)
-        for panel in panels:
-            layout.addWidget(panel)
-        layout.addStretch(1)
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self._add_panels(self.data, self.training, self.prediction, self.instances, self.next_slice,
+                         self.model_panel, self.progress, self.curves)
         self.runner = JobRunner(self)
         self.corrections = CorrectionFeed(self.data.watcher, self)
         self.view = ViewFollower(napari_viewer, self._followed_image, self)
@@ -89,6 +84,21 @@ class SparseUNetWidget(QWidget):
         self.model_panel.export_requested.connect(self._export)
         self._update_buttons()
         self._detect_devices()
+
+    def _add_panels(self, *panels: QWidget) -> None:
+        """Stack the panels in a scroll area: the dock scrolls where napari's window is short.
+
+        Without it, a panel that appears (the training plot) makes napari's window
+        grow past the screen, and the canvas is resized and redrawn on the Train click.
+        """
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        for panel in panels:
+            layout.addWidget(panel)
+        layout.addStretch(1)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(_VerticalScroll(content))
 
     # ----------------------------------------------------------------- state
     @property
@@ -201,6 +211,7 @@ class SparseUNetWidget(QWidget):
 
     def _on_busy_changed(self, busy: bool) -> None:
         if not busy:
+            self.training_flow.put_back_overlays()
             self.corrections.stop()
             self.curves.stop()
             self.job_image = self.job_annotation = None
@@ -241,6 +252,27 @@ class SparseUNetWidget(QWidget):
         super().showEvent(event)
         if self.window() is not self:
             self.runner.stop_when_closed(self.window())
+
+
+class _VerticalScroll(QScrollArea):
+    """Scrolls ``content`` up and down; as wide as the content needs, never clipping it sideways."""
+
+    def __init__(self, content: QWidget) -> None:
+        super().__init__()
+        self.setWidget(content)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def minimumSizeHint(self) -> QSize:
+        # napari's style sheet may give the area a frame, whatever its shape says.
+        bar = self.verticalScrollBar().sizeHint().width()
+        width = self.widget().minimumSizeHint().width() + bar + 2 * self.frameWidth()
+        return QSize(width, super().minimumSizeHint().height())
+
+    def sizeHint(self) -> QSize:
+        hint = self.widget().sizeHint()
+        return QSize(max(hint.width(), self.minimumSizeHint().width()), hint.height())
 
 
 def _available_devices() -> tuple[str, ...]:

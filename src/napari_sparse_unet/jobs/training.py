@@ -18,7 +18,7 @@ from .base import Corrections, Job, Preview, ViewedSlice, preview_region
 
 if TYPE_CHECKING:
     from ..core.checkpoint import SegmentationModel
-    from ..core.config import PredictConfig, TrainConfig
+    from ..core.config import TrainConfig
     from ..core.training.train import Trainer
 
 

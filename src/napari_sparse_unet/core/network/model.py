@@ -162,7 +162,7 @@ class TwoExpertNetwork(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        dims, norm, b = config.spatial_dims, config.norm, config.base_channels
+        dims, norm = config.spatial_dims, config.norm
         kernels = config.conv_kernels
         conv, up_conv, pool, _, batch_norm = _layers(dims)
         self.filters: FilterBank | None = None

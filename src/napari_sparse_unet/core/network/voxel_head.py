@@ -213,7 +213,7 @@ class KnotTable:
         A cell without a knot near it gives both directly; values in the other cells
         (a few per cent; ties such as zero padding land there) are searched.
         """
-        features, segments = self.knots.shape[0], self.knots.shape[1] - 1
+        features = self.knots.shape[0]
         cells = self.cell_row.numel() // features
         u = torch.addcmul(self.shift, x, self.scale)
         # Cell 0 holds the values at the lowest knot (u = 0: many, e.g. zero gradients), cell c >= 1 those in (c - 1, c].
