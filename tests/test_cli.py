@@ -186,6 +186,7 @@ def test_bad_training_input_gives_one_line_and_exit_2(tmp_path, capsys, tiny_vol
         ("uncertainty_is_input", ["--uncertainty-out", "input image"]),
         ("probabilities_are_out", ["--probabilities", "same file as --out"]),
         ("bad_tile", ["tile_size", "(3, 16, 16)"]),
+        ("small_budget", ["memory_budget_mb", ">= 16", "8"]),
     ],
 )
 def test_bad_prediction_input_gives_one_line_and_exit_2(tmp_path, capsys, trained, tiny_volume, case, fragments):
@@ -222,6 +223,8 @@ def test_bad_prediction_input_gives_one_line_and_exit_2(tmp_path, capsys, traine
         extra = ["--probabilities", str(out)]
     elif case == "bad_tile":
         extra = ["--tile-size", "3", "16", "16"]
+    elif case == "small_budget":
+        extra = ["--memory-budget", "8"]
     before = sorted(p.name for p in tmp_path.iterdir())
     code, _, err = run(["predict", "--model", model, "--image", img, "--out", out, "-q", *extra], capsys)
     assert_one_line_error(code, err, *fragments)

@@ -322,3 +322,29 @@ def test_a_row_of_big_planes_can_be_stopped_between_its_slabs(monkeypatch):
     monkeypatch.setattr(row_features_module, "_FEATURE_VOXELS", 64)
     predict(model, image, PredictConfig(tile_size=(4, 8, 8), overlap=0, device="cpu"), probabilities_out=probabilities[1])
     np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims, shape, tile", [(3, (10, 40, 24), (4, 12, 12)), (2, (40, 30), (12, 12))])
+def test_rows_of_big_planes_are_filtered_in_bands_with_the_same_result(spatial_dims, shape, tile):
+    # A row's features span whole planes; where they would exceed the budget the row is cut into
+    # bands along the second axis, each read with its own halo: the numbers must not change.
+    from napari_sparse_unet.core.prediction.predict import model_window
+    from napari_sparse_unet.core.prediction.row_features import RowFeatures
+
+    torch.manual_seed(0)
+    config = ModelConfig(spatial_dims, 1, 3, ((2,) * spatial_dims,), base_channels=2, sigmas=((1.0,) * spatial_dims,),
+                         context_sigmas=((3.0,) * spatial_dims,), voxel_head_width=4)
+    model = SegmentationModel(
+        network=build_model(config).eval(), model_config=config, train_config=TrainConfig(),
+        normalization=Normalization(low=(0.0,), high=(1.0,)), class_values=(1, 2, 3), patch_size=tile,
+    )
+    image = np.random.default_rng(1).random((1, *shape), dtype=np.float32)
+    settings = model_window(model, PredictConfig(mixed_precision=False, device="cpu"))
+    assert RowFeatures(image, settings["featurize"], None, settings["halo"], tile, shape[1:], 1.0).band_length == tile[1]
+    results = []
+    for feature_bytes in (None, 1.0):  # whole rows; bands one tile long
+        probabilities = np.zeros((3, *shape), np.float32)
+        run(sliding_window_predict(image_cf=image, tile_size=tile, overlap=0.25, probabilities_out=probabilities,
+                                   feature_bytes=feature_bytes, **settings))
+        results.append(probabilities)
+    np.testing.assert_allclose(results[1], results[0], atol=1e-5)

@@ -58,6 +58,7 @@ def _predict_config(args: argparse.Namespace) -> PredictConfig:
         device=args.device,
         tile_size=tuple(args.tile_size) if args.tile_size else None,
         batch_size=args.batch_size,
+        memory_budget_mb=args.memory_budget,
     )
 
 
@@ -122,6 +123,9 @@ def add_parser(commands: Any) -> None:
     pred.add_argument("--tile-size", type=positive_int, nargs="+", metavar="N",
                       help="tile Z Y X (default: the tiling that computes the fewest voxels within the memory budget)")
     pred.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="tiles per batch (default: 1)")
+    pred.add_argument("--memory-budget", type=positive_int, default=PredictConfig.memory_budget_mb, metavar="MB",
+                      help="memory for the tiles and the filter features, each (default: %(default)s); more is "
+                           "faster on big planes")
     blockwise.add_options(pred)
     paint_next.add_options(pred)
     add_common(pred, cmd_predict)

@@ -185,15 +185,15 @@ class FilterBank(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._features(x, (False,) * self.spatial_dims)
 
-    def planes(self, x: torch.Tensor) -> torch.Tensor:
+    def planes(self, x: torch.Tensor, halo_axes: int = 1) -> torch.Tensor:
         """(N, C, D + 2·halo[0], *rest) -> (N, C·F, D, *rest): features of whole planes.
 
-        Valid along the first axis, mirrored at the ends of the others: the same
-        numbers :meth:`forward` gives for the planes read with the halo mirrored at the
-        border (mirroring along one axis commutes with filtering along another), without
-        filtering a halo along the other axes.
+        Valid along the first ``halo_axes`` axes (which carry the halo), mirrored at the
+        ends of the others: the same numbers :meth:`forward` gives for the planes read
+        with the halo mirrored at the border (mirroring along one axis commutes with
+        filtering along another), without filtering a halo along the other axes.
         """
-        return self._features(x, (False,) + (True,) * (self.spatial_dims - 1))
+        return self._features(x, (False,) * halo_axes + (True,) * (self.spatial_dims - halo_axes))
 
     def _features(self, x: torch.Tensor, reflect: Sequence[bool]) -> torch.Tensor:
         """Features of ``x``, which carries the halo along the axes not in ``reflect``."""

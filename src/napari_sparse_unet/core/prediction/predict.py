@@ -23,7 +23,7 @@ from ..generators import run_to_end
 from .predictor import make_featurizer, make_predictor
 from ..rules import check_network_size, image_for_model
 from .sliding_window import PredictEvent, SlabHook, sliding_window_predict
-from .tile_size import choose_tile_size
+from .tile_size import choose_tile_size, row_feature_bytes
 from .tiling import overlap_voxels
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def predict_iter(
     tile, overlap = plan_prediction(model, spatial, config)
     yield from sliding_window_predict(
         image_cf=image_cf, tile_size=tile, overlap=overlap, labels_out=labels_out, probabilities_out=probabilities_out,
-        slab_hooks=slab_hooks, **model_window(model, config),
+        slab_hooks=slab_hooks, feature_bytes=row_feature_bytes(config.memory_budget_mb), **model_window(model, config),
     )
     return labels_out
 

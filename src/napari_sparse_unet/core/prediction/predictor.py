@@ -108,9 +108,10 @@ class Featurizer:
         self.channels = network.config.in_channels * self.bank.features_per_channel
         self.channels += network.config.num_classes if head is not None else 0
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
+    def __call__(self, x: torch.Tensor, out: torch.Tensor, halo_axes: int = 1) -> None:
+        """``x`` carries the halo along its first ``halo_axes`` spatial axes (:meth:`.filters.FilterBank.planes`)."""
         with torch.inference_mode(), autocast(self.device, self.amp_dtype):
-            features = self.bank.planes(x.to(device=self.device, dtype=self.dtype))
+            features = self.bank.planes(x.to(device=self.device, dtype=self.dtype), halo_axes)
             out[: features.shape[1]] = features[0]
             if self.head is not None:
                 out[features.shape[1] :] = self.head(features)[0]

@@ -44,6 +44,10 @@ class RowFeatures:
     along the first axis, normalised once, and filtered in slabs of at most
     ``_FEATURE_VOXELS`` voxels (bounding the bank's temporaries); they are kept in the
     featurizer's precision.
+
+    Where a row's buffers would exceed ``max_bytes`` (big planes), the row is cut into
+    bands along the second axis, each read and filtered with its own halo along that
+    axis too: tiles come row by row and, within a row, in order along the second axis.
     """
 
     def __init__(
@@ -54,31 +58,65 @@ class RowFeatures:
         halo: Sequence[int] | None,
         tile: Sequence[int],
         extent: Sequence[int],
+        max_bytes: float | None = None,
+        starts_along: Sequence[int] = (),
     ) -> None:
-        """``extent``: how far the tiles reach along the axes after the first (at least the image's)."""
+        """``extent``: how far the tiles reach along the axes after the first (at least the image's);
+        ``starts_along``: the tiles' starts along the second axis, which bands end on."""
         self.image_cf, self.featurize, self.normalize = image_cf, featurize, normalize
         self.tile_shape = tuple(int(t) for t in tile)
         self.extent = tuple(max(int(e), int(n)) for e, n in zip(extent, image_cf.shape[2:]))
-        self.depth_halo = 0 if halo is None else int(halo[0])
+        self.halo = (0,) * len(self.tile_shape) if halo is None else tuple(int(h) for h in halo)
+        self.depth_halo = self.halo[0]
+        self.band_length = self._band_length(max_bytes)
+        self.starts_along = tuple(sorted(int(a) for a in starts_along))
         self.row_start: int | None = None
+        self.band: tuple[int, int] | None = None  # [start, stop) along the second axis of the row's buffer
         self.features: torch.Tensor | None = None
         self.planes: tuple[int, np.ndarray] | None = None  # the last row's normalised planes and the first one's index
 
-    def prepare(self, row_start: int) -> Generator[None, None, None]:
-        """Compute the features of the row from ``row_start`` unless they are the current row's.
+    def _band_length(self, max_bytes: float | None) -> int:
+        """Length along the second axis of a row's band: the whole extent unless that exceeds ``max_bytes``."""
+        whole = self.extent[0]
+        if max_bytes is None:
+            return whole
+        depth, channels = self.tile_shape[0], int(self.image_cf.shape[0])
+        line = math.prod(self.extent[1:])  # voxels of a row at one position along the second axis
+        feature_bytes = torch.empty((), dtype=self.featurize.dtype).element_size()
+        # The normalised planes with their halo (float32 and the featurizer's copy), and the features kept.
+        planes = line * channels * (depth + 2 * self.depth_halo) * (4 + feature_bytes)
+        per_position = planes + line * self.featurize.channels * depth * feature_bytes
+        if per_position * whole <= max_bytes:
+            return whole
+        return int(min(whole, max(self.tile_shape[1], (max_bytes - planes * 2 * self.halo[1]) // per_position)))
+
+    def prepare(self, start: Sequence[int]) -> Generator[None, None, None]:
+        """Compute the features of the row (and band) holding the tile at ``start`` unless they are the current ones.
 
         Yields between slabs of a row, where the caller may stop (a row of big planes takes seconds).
         """
-        if row_start != self.row_start:
-            self.features = yield from self._compute(row_start)
-            self.row_start = row_start
+        row_start, along = int(start[0]), int(start[1])
+        band = self.band
+        if row_start != self.row_start or band is None or not band[0] <= along <= band[1] - self.tile_shape[1]:
+            band = (0, self.extent[0]) if self.band_length >= self.extent[0] else self._band_from(along)
+            self.features = yield from (self._compute(row_start) if band[0] == 0 and band[1] == self.extent[0]
+                                        else self._compute_band(row_start, band))
+            self.row_start, self.band = row_start, band
+
+    def _band_from(self, along: int) -> tuple[int, int]:
+        """The band from the tile starting at ``along``: as many of the next tiles as fit in :attr:`band_length`."""
+        length = self.tile_shape[1]
+        ends = [a + length for a in self.starts_along if along <= a and a + length - along <= self.band_length]
+        return along, min(max(ends, default=along + length), self.extent[0])
 
     def tile(self, start: Sequence[int]) -> torch.Tensor:
         """The features under the tile at ``start`` (a view of the row's buffer), once :meth:`prepare` made its row."""
-        assert start[0] == self.row_start, "prepare the tile's row first"
+        assert start[0] == self.row_start and self.band is not None, "prepare the tile's row first"
         tile = self.features
         assert tile is not None
-        for axis, (a, t) in enumerate(zip(start[1:], self.tile_shape[1:]), start=2):
+        offsets = (self.band[0],) + (0,) * (len(start) - 2)
+        for axis, (a, t, o) in enumerate(zip(start[1:], self.tile_shape[1:], offsets), start=2):
+            a -= o
             if 0 <= a and a + t <= tile.shape[axis]:
                 tile = tile.narrow(axis, a, t)
             else:  # not on the tile grid: mirror the image's extent (slow, element by element)
@@ -129,11 +167,39 @@ class RowFeatures:
                 yield
             b = min(a + step, depth - first)
             self.featurize(planes_t[None, :, a : b + 2 * halo], inside[:, a:b])
-        # Where tiles reach past the image, the features mirrored (every feature is mirror-symmetric,
-        # as the image padding is), one strip per axis.
-        computed = features.narrow(1, first, depth - first)
-        for axis, (size, length) in enumerate(zip(rest, self.extent), start=2):
-            if length > size:
-                mirrored = torch.from_numpy(reflect_indices(size, length - size, size))
-                computed.narrow(axis, size, length - size).copy_(computed.narrow(axis, 0, size).index_select(axis, mirrored))
+        _mirror_past_image(features.narrow(1, first, depth - first), rest, self.extent, first_axis=2)
         return features
+
+    def _compute_band(self, row_start: int, band: tuple[int, int]) -> Generator[None, None, torch.Tensor]:
+        """Features of ``band`` (along the second axis) of the row from ``row_start``, read with the halo along both axes."""
+        rest = tuple(int(n) for n in self.image_cf.shape[3:])
+        depth, (halo, band_halo) = self.tile_shape[0], self.halo[:2]
+        length = band[1] - band[0]
+        features = self.features
+        if features is None:
+            features = torch.empty((self.featurize.channels, depth, self.band_length, *self.extent[1:]), dtype=self.featurize.dtype)
+        inside = features[(slice(None), slice(None), slice(0, length), *(slice(0, n) for n in rest))]
+        # Read mirrored past the image's ends, as a tile is: the band axis needs no strips afterwards.
+        planes = read_tile(self.image_cf, (row_start - halo, band[0] - band_halo, *[0] * len(rest)),
+                           (depth + 2 * halo, length + 2 * band_halo, *rest), self.normalize)
+        planes_t = torch.from_numpy(planes).to(self.featurize.dtype)
+        del planes
+        step = max(1, _FEATURE_VOXELS // max(1, (length + 2 * band_halo) * math.prod(rest)))
+        for a in range(0, depth, step):
+            if a:
+                yield
+            b = min(a + step, depth)
+            self.featurize(planes_t[None, :, a : b + 2 * halo], inside[:, a:b], halo_axes=2)
+        _mirror_past_image(features.narrow(2, 0, length), rest, self.extent[1:], first_axis=3)
+        return features
+
+
+def _mirror_past_image(computed: torch.Tensor, sizes: Sequence[int], extents: Sequence[int], first_axis: int) -> None:
+    """Where tiles reach past the image (axes from ``first_axis`` on), the features mirrored in place.
+
+    Every feature is mirror-symmetric, as the image padding is; one strip per axis.
+    """
+    for axis, (size, length) in enumerate(zip(sizes, extents), start=first_axis):
+        if length > size:
+            mirrored = torch.from_numpy(reflect_indices(size, length - size, size))
+            computed.narrow(axis, size, length - size).copy_(computed.narrow(axis, 0, size).index_select(axis, mirrored))

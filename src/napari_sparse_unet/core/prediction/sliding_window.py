@@ -55,6 +55,7 @@ def sliding_window_predict(
     slab_hooks: Sequence[SlabHook] = (),
     tiles: Sequence[Sequence[int]] | None = None,
     featurize: Featurizer | None = None,
+    feature_bytes: float | None = None,
 ) -> Generator[PredictEvent, None, None]:
     """Predict ``image_cf`` tile by tile and write the blended result slab by slab.
 
@@ -80,23 +81,21 @@ def sliding_window_predict(
         tiles: start corners of the tiles to predict in :func:`.tiling.tile_grid` order (a block's
             share of a volume's tiles; the outputs cover their bounding box).  Default: the whole grid.
         featurize: the network's per-voxel part (:func:`.predictor.make_featurizer`), computed once
-            per row of tiles (:class:`.row_features.RowFeatures`); the predictor then takes features.
+            per row of tiles (:class:`.row_features.RowFeatures`, within ``feature_bytes`` when given);
+            the predictor then takes features.
     """
     spatial = tuple(int(s) for s in image_cf.shape[1:])
     tile = tuple(int(t) for t in tile_size)
     if len(tile) != len(spatial):
         raise ValueError(f"tile size {tile} does not match the image's spatial shape {spatial}")
-    lut = np.arange(num_classes, dtype=np.uint8 if num_classes <= 256 else np.uint16) if lut is None else lut
-    if len(lut) != num_classes:
-        raise ValueError(f"lut has {len(lut)} entries but the predictor has {num_classes} classes")
+    lut = _checked_lut(lut, num_classes)
     overlaps = per_axis_values(overlap, len(spatial), "overlap")
     grid = tile_grid(spatial, tile, overlaps) if tiles is None else [tuple(int(a) for a in start) for start in tiles]
     stitcher = _stitcher(grid, spatial, tile, overlaps, num_classes)
     _check_outputs(labels_out, probabilities_out, (num_classes, *stitcher.shape))
     device = torch.device(device)
     started, done = time.perf_counter(), 0
-    reach = [max(int(start[axis]) + t for start in grid) for axis, t in enumerate(tile)][1:]
-    rows = RowFeatures(image_cf, featurize, normalize, halo, tile, reach) if featurize is not None else None
+    rows = _row_features(image_cf, featurize, normalize, halo, tile, grid, feature_bytes) if featurize else None
 
     def event() -> PredictEvent:
         return PredictEvent(tiles_done=done, tiles_total=len(grid), elapsed=time.perf_counter() - started)
@@ -118,6 +117,23 @@ def sliding_window_predict(
         del output
         done += len(starts)
         yield event()
+
+
+def _checked_lut(lut: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """``lut``, or the class index itself (uint8 or uint16) when None."""
+    lut = np.arange(num_classes, dtype=np.uint8 if num_classes <= 256 else np.uint16) if lut is None else lut
+    if len(lut) != num_classes:
+        raise ValueError(f"lut has {len(lut)} entries but the predictor has {num_classes} classes")
+    return lut
+
+
+def _row_features(
+    image_cf: Any, featurize: Featurizer, normalize: Any, halo: Any, tile: tuple[int, ...],
+    grid: Sequence[tuple[int, ...]], feature_bytes: float | None,
+) -> RowFeatures:
+    """The features of ``grid``'s rows of tiles (they reach past the image where the tiles do)."""
+    reach = [max(int(start[axis]) + t for start in grid) for axis, t in enumerate(tile)][1:]
+    return RowFeatures(image_cf, featurize, normalize, halo, tile, reach, feature_bytes, {start[1] for start in grid})
 
 
 def _check_shape(output: np.ndarray, batch: torch.Tensor, expected: tuple[int, ...]) -> None:
@@ -151,7 +167,7 @@ def _feature_batch(
     """(N, C·F, *tile) features of the tiles at ``starts``; yields ``event()`` while a row is being filtered."""
     cut = []
     for s in starts:
-        for _ in rows.prepare(int(s[0])):  # a chance to stop while a row of big planes is filtered
+        for _ in rows.prepare(s):  # a chance to stop while a row of big planes is filtered
             yield event()
         # A view of the row's buffer, which the next row overwrites: copied if the batch goes on.
         cut.append(rows.tile(s) if len(starts) == 1 else rows.tile(s).clone())

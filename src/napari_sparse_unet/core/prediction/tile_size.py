@@ -89,16 +89,12 @@ def choose_tile_size(
     overlaps = (int(overlap),) * dims if isinstance(overlap, (int, np.integer)) else tuple(int(o) for o in overlap)
     mins = multiple if min_tile is None else tuple(int(m) for m in min_tile)
     options = [_axis_options(s, m, lo, o) for s, m, lo, o in zip(shape, multiple, mins, overlaps)]
-    budget = float(memory_budget_mb) * 2**20
-    budget -= min(_FIXED_BYTES, budget / 4)
-    plane = math.prod(shape[1:])
-    # Float sums + weights, and the finished labels before they are written.
-    slab_per_row = (4 * (model_config.num_classes + 1) + 1) * plane
+    budget = _usable_bytes(memory_budget_mb)
     candidates = []
     for combo in itertools.product(*options):
         tile = tuple(t for t, _ in combo)
         tiles = math.prod(n for _, n in combo)
-        memory = estimate_tile_bytes(model_config, tile, batch_size) + slab_per_row * min(tile[0], shape[0])
+        memory = estimate_tile_bytes(model_config, tile, batch_size) + _slab_bytes(model_config, shape, tile)
         cost = tiles * (math.prod(tile) + _TILE_OVERHEAD_VOXELS)
         candidates.append((cost, tiles, tile, memory))
     fitting = [c for c in candidates if c[3] <= budget]
@@ -114,3 +110,25 @@ def choose_tile_size(
     cheapest = min(c[0] for c in fitting)
     near = [c for c in fitting if c[0] <= 1.02 * cheapest]
     return min(near, key=lambda c: (c[1], tuple(-t for t in reversed(c[2]))))[2]
+
+
+def row_feature_bytes(memory_budget_mb: float) -> float:
+    """The most a row of tiles' filter features may hold: the budget, apart from the tile's pass and the slab.
+
+    Whole rows fit it on volumes of up to about 512² planes at the default 1 GB;
+    :class:`.row_features.RowFeatures` cuts bigger rows into bands along the second
+    axis, so memory stays bounded however big the planes are (the bands' halos are
+    filtered twice, which costs time only where the planes are that big).
+    """
+    return _usable_bytes(memory_budget_mb)
+
+
+def _usable_bytes(memory_budget_mb: float) -> float:
+    budget = float(memory_budget_mb) * 2**20
+    return budget - min(_FIXED_BYTES, budget / 4)
+
+
+def _slab_bytes(model_config: ModelConfig, shape: Sequence[int], tile: Sequence[int]) -> int:
+    """The stitcher's slab: float sums and weights, and the finished labels before they are written, over whole planes."""
+    plane = math.prod(int(s) for s in shape[1:])
+    return (4 * (model_config.num_classes + 1) + 1) * plane * min(int(tile[0]), int(shape[0]))
