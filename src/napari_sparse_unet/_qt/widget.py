@@ -63,8 +63,9 @@ class SparseUNetWidget(QWidget):
         self.model_panel = ModelPanel(lambda: self.model, self._selected_image)
         self.progress = ProgressPanel()
         self.curves = CurvesPlot()
-        self._add_panels(self.data, self.training, self.prediction, self.instances, self.next_slice,
-                         self.model_panel, self.progress, self.curves)
+        # Progress right under Train: on a laptop's screen the dock scrolls, and the status belongs in sight.
+        self._add_panels(self.data, self.training, self.progress, self.prediction, self.instances, self.next_slice,
+                         self.model_panel, self.curves)
         self.runner = JobRunner(self)
         self.corrections = CorrectionFeed(self.data.watcher, self)
         self.view = ViewFollower(napari_viewer, self._followed_image, self)
