@@ -137,6 +137,7 @@ def test_event_loop_never_stalls_while_training_on_the_sample(make_napari_viewer
         "first_step_to_prediction_longest_gap_less_run_queue_s": round(after_charged, 3),
         "setup_longest_gaps_at": longest(clicked - 0.05, first_step),
         "training_longest_gaps_at": longest(first_step, finished),
+        "predict_longest_gaps_at": longest(predict_clicked - 0.05, predicted),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,  # Unix only
         "previews_shown": bool(previews),
     }
