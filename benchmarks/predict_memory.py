@@ -6,7 +6,8 @@ sample by the parent), makes a uint8 volume from the ISBI 2012 EM stack (mirrore
 along each axis as needed), predicts it with the default ``PredictConfig`` (labels
 only, allocated as uint8) and reports its peak RSS.  Along depth, the slope of peak
 RSS against voxels is the memory per added voxel (the input and the labels are 1 byte
-each, so 2 B/voxel is the floor); along the planes, the peak must stay bounded.
+each, so 2 B/voxel is the floor); along the planes, only the blending slab should grow
+(the filter features are cut into bands within the budget).
 
     python -m benchmarks.predict_memory [--depths 32 64 128] [--planes 512 1024 2048] [--budget-mb 1024]
 """

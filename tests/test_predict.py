@@ -309,7 +309,7 @@ def test_a_row_of_big_planes_can_be_stopped_between_its_slabs(monkeypatch):
     monkeypatch.setattr(row_features_module, "_FEATURE_VOXELS", 64)  # one plane of 8×8 per slab
     calls = []
     original = predictor_module.Featurizer.__call__
-    monkeypatch.setattr(predictor_module.Featurizer, "__call__", lambda self, x, out: calls.append(1) or original(self, x, out))
+    monkeypatch.setattr(predictor_module.Featurizer, "__call__", lambda self, *args: calls.append(1) or original(self, *args))
     generator = predict_iter(model, np.ones((8, 8, 8), np.float32), PredictConfig(tile_size=(4, 8, 8), overlap=0, device="cpu"))
     first = next(generator)
     generator.close()

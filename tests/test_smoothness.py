@@ -17,7 +17,6 @@ import json
 import os
 import time
 
-import numpy as np
 import pytest
 
 pytest.importorskip("napari")
@@ -101,9 +100,12 @@ def test_event_loop_never_stalls_while_training_on_the_sample(make_napari_viewer
     qtbot.wait(200)
     timer.stop()
 
+    def ticks_in(start: float, stop: float) -> list[tuple[float, dict[str, int]]]:
+        return [(t, w) for t, w in ticks if start <= t <= stop + 0.2]
+
     def stalls(start: float, stop: float) -> tuple[float, float]:
         """(longest gap, longest gap less the longest run-queue wait in it) between ticks in [start, stop]."""
-        window = [(t, w) for t, w in ticks if start <= t <= stop + 0.2]
+        window = ticks_in(start, stop)
         raw, charged = 0.0, 0.0
         for (t0, w0), (t1, w1) in zip(window, window[1:]):
             waited = max((w1[k] - w0[k] for k in w1.keys() & w0.keys()), default=0) / 1e9
@@ -112,7 +114,7 @@ def test_event_loop_never_stalls_while_training_on_the_sample(make_napari_viewer
 
     def longest(start: float, stop: float, count: int = 3) -> list[tuple[float, float]]:
         """The ``count`` longest gaps in [start, stop] as (seconds after the click, gap), to tell stalls apart."""
-        times = [t for t, _ in ticks if start <= t <= stop + 0.2]
+        times = [t for t, _ in ticks_in(start, stop)]
         gaps = sorted(zip(times, times[1:]), key=lambda pair: pair[0] - pair[1])[:count]
         return [(round(t0 - clicked, 3), round(t1 - t0, 3)) for t0, t1 in gaps]
 

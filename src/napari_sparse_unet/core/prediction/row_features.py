@@ -67,7 +67,6 @@ class RowFeatures:
         self.tile_shape = tuple(int(t) for t in tile)
         self.extent = tuple(max(int(e), int(n)) for e, n in zip(extent, image_cf.shape[2:]))
         self.halo = (0,) * len(self.tile_shape) if halo is None else tuple(int(h) for h in halo)
-        self.depth_halo = self.halo[0]
         self.band_length = self._band_length(max_bytes)
         self.starts_along = tuple(sorted(int(a) for a in starts_along))
         self.row_start: int | None = None
@@ -84,7 +83,7 @@ class RowFeatures:
         line = math.prod(self.extent[1:])  # voxels of a row at one position along the second axis
         feature_bytes = torch.empty((), dtype=self.featurize.dtype).element_size()
         # The normalised planes with their halo (float32 and the featurizer's copy), and the features kept.
-        planes = line * channels * (depth + 2 * self.depth_halo) * (4 + feature_bytes)
+        planes = line * channels * (depth + 2 * self.halo[0]) * (4 + feature_bytes)
         per_position = planes + line * self.featurize.channels * depth * feature_bytes
         if per_position * whole <= max_bytes:
             return whole
@@ -98,9 +97,12 @@ class RowFeatures:
         row_start, along = int(start[0]), int(start[1])
         band = self.band
         if row_start != self.row_start or band is None or not band[0] <= along <= band[1] - self.tile_shape[1]:
-            band = (0, self.extent[0]) if self.band_length >= self.extent[0] else self._band_from(along)
-            self.features = yield from (self._compute(row_start) if band[0] == 0 and band[1] == self.extent[0]
-                                        else self._compute_band(row_start, band))
+            if self.band_length >= self.extent[0]:
+                band, computed = (0, self.extent[0]), self._compute(row_start)
+            else:
+                band = self._band_from(along)
+                computed = self._compute_band(row_start, band)
+            self.features = yield from computed
             self.row_start, self.band = row_start, band
 
     def _band_from(self, along: int) -> tuple[int, int]:
@@ -150,7 +152,7 @@ class RowFeatures:
     def _compute(self, row_start: int) -> Generator[None, None, torch.Tensor]:
         """Features of the row from ``row_start``, in the last row's buffer: planes both rows cover are moved, not computed again."""
         rest = tuple(int(n) for n in self.image_cf.shape[2:])
-        depth, halo = self.tile_shape[0], self.depth_halo
+        depth, halo = self.tile_shape[0], self.halo[0]
         features = self.features
         if features is None:
             features = torch.empty((self.featurize.channels, depth, *self.extent), dtype=self.featurize.dtype)
@@ -161,12 +163,7 @@ class RowFeatures:
         planes = torch.from_numpy(self._planes(row_start + first - halo, depth - first + 2 * halo))
         planes_t = planes.to(self.featurize.dtype)  # (C, depth - first + 2·halo, *rest)
         inside = features[(slice(None), slice(first, depth), *(slice(0, n) for n in rest))]
-        step = max(1, _FEATURE_VOXELS // max(1, math.prod(rest)))
-        for a in range(0, depth - first, step):
-            if a:
-                yield
-            b = min(a + step, depth - first)
-            self.featurize(planes_t[None, :, a : b + 2 * halo], inside[:, a:b])
+        yield from self._filter_in_slabs(planes_t, inside, halo_axes=1)
         _mirror_past_image(features.narrow(1, first, depth - first), rest, self.extent, first_axis=2)
         return features
 
@@ -184,14 +181,20 @@ class RowFeatures:
                            (depth + 2 * halo, length + 2 * band_halo, *rest), self.normalize)
         planes_t = torch.from_numpy(planes).to(self.featurize.dtype)
         del planes
-        step = max(1, _FEATURE_VOXELS // max(1, (length + 2 * band_halo) * math.prod(rest)))
+        yield from self._filter_in_slabs(planes_t, inside, halo_axes=2)
+        _mirror_past_image(features.narrow(2, 0, length), rest, self.extent[1:], first_axis=3)
+        return features
+
+    def _filter_in_slabs(self, planes: torch.Tensor, out: torch.Tensor, halo_axes: int) -> Generator[None, None, None]:
+        """Features of ``planes`` (C, D + 2·halo[0], ...) into ``out`` (C·F, D, ...), slabs of at most
+        ``_FEATURE_VOXELS`` input voxels at a time (at least a plane), yielding between slabs."""
+        depth, halo = out.shape[1], self.halo[0]
+        step = max(1, _FEATURE_VOXELS // max(1, math.prod(planes.shape[2:])))
         for a in range(0, depth, step):
             if a:
                 yield
             b = min(a + step, depth)
-            self.featurize(planes_t[None, :, a : b + 2 * halo], inside[:, a:b], halo_axes=2)
-        _mirror_past_image(features.narrow(2, 0, length), rest, self.extent[1:], first_axis=3)
-        return features
+            self.featurize(planes[None, :, a : b + 2 * halo], out[:, a:b], halo_axes)
 
 
 def _mirror_past_image(computed: torch.Tensor, sizes: Sequence[int], extents: Sequence[int], first_axis: int) -> None:
